@@ -1,0 +1,83 @@
+use crate::TrypemaError;
+
+/// A key (or prefix) that is safe to embed in trypema's Redis key layout: 1 to 255 bytes and no
+/// `:`, since `:` separates the parts of every key trypema writes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RedisKey(String);
+
+pub(crate) const MAX_REDIS_KEY_BYTES: usize = 255;
+
+fn check(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else if value.len() > MAX_REDIS_KEY_BYTES {
+        Err(format!(
+            "must be at most {MAX_REDIS_KEY_BYTES} bytes, got {}",
+            value.len()
+        ))
+    } else if value.contains(':') {
+        Err(format!("must not contain ':', got {value:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+impl RedisKey {
+    /// Validates `value`.
+    pub fn new(value: impl Into<String>) -> Result<Self, TrypemaError> {
+        let value = value.into();
+        check(&value).map_err(|reason| TrypemaError::InvalidRedisKey(format!("a key {reason}")))?;
+        Ok(Self(value))
+    }
+
+    /// Like [`Self::new`], panicking on an invalid value; for constants.
+    pub fn new_or_panic(value: impl Into<String>) -> Self {
+        Self::new(value).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// The prefix used when none is configured: `trypema`.
+    pub fn default_prefix() -> Self {
+        Self("trypema".into())
+    }
+
+    /// Validates a prefix, which follows the key rules but reports its own error.
+    pub(crate) fn prefix(value: impl Into<String>) -> Result<Self, TrypemaError> {
+        let value = value.into();
+        check(&value)
+            .map_err(|reason| TrypemaError::InvalidRedisPrefix(format!("a prefix {reason}")))?;
+        Ok(Self(value))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RedisKey {
+    type Error = TrypemaError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl TryFrom<&str> for RedisKey {
+    type Error = TrypemaError;
+
+    fn try_from(value: &str) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl AsRef<str> for RedisKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RedisKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}

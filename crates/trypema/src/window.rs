@@ -1,0 +1,147 @@
+//! The sliding window every provider counts in: a queue of coalesced buckets plus running sums,
+//! so that adding, evicting and reading the total are all O(1) amortised.
+
+use std::collections::VecDeque;
+
+use crate::RateLimitDecision;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    pub(crate) start_ms: u64,
+    pub(crate) observed: u64,
+    pub(crate) declined: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct SlidingWindow {
+    buckets: VecDeque<Bucket>,
+    observed: u64,
+    declined: u64,
+}
+
+impl SlidingWindow {
+    /// Drops the buckets whose start is more than `window_ms` before `now_ms`.
+    #[inline]
+    pub(crate) fn evict(&mut self, now_ms: u64, window_ms: u64) {
+        while let Some(oldest) = self.buckets.front() {
+            if now_ms.saturating_sub(oldest.start_ms) <= window_ms {
+                break;
+            }
+            self.observed -= oldest.observed;
+            self.declined -= oldest.declined;
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Adds `count` to the newest bucket if it started less than `group_ms` ago, else opens one.
+    #[inline]
+    pub(crate) fn record(&mut self, now_ms: u64, group_ms: u64, count: u64) {
+        match self.buckets.back_mut() {
+            Some(newest) if now_ms.saturating_sub(newest.start_ms) < group_ms => {
+                newest.observed += count;
+            }
+            _ => self.buckets.push_back(Bucket {
+                start_ms: now_ms,
+                observed: count,
+                declined: 0,
+            }),
+        }
+        self.observed += count;
+    }
+
+    /// Marks `count` of what the newest bucket observed as declined.
+    pub(crate) fn decline_newest(&mut self, count: u64) {
+        if let Some(newest) = self.buckets.back_mut() {
+            newest.declined += count;
+            self.declined += count;
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    pub(crate) fn observed(&self) -> u64 {
+        self.observed
+    }
+
+    pub(crate) fn accepted(&self) -> u64 {
+        self.observed - self.declined
+    }
+
+    /// What the buckets that started after `after_ms` observed.
+    pub(crate) fn observed_after(&self, after_ms: u64) -> u64 {
+        self.buckets
+            .iter()
+            .rev()
+            .take_while(|bucket| bucket.start_ms > after_ms)
+            .map(|bucket| bucket.observed)
+            .sum()
+    }
+
+    /// The absolute strategy's refusal: when the oldest bucket leaves and what is left then.
+    pub(crate) fn rejection(&self, now_ms: u64, window_ms: u64) -> RateLimitDecision {
+        let (retry_after_ms, remaining_after_waiting) = match self.buckets.front() {
+            // A bucket is still counted while now - start == window_ms, so it is gone 1 ms later.
+            Some(oldest) => (
+                (oldest.start_ms + window_ms + 1).saturating_sub(now_ms),
+                self.accepted() - (oldest.observed - oldest.declined),
+            ),
+            None => (window_ms, 0),
+        };
+        RateLimitDecision::Rejected {
+            window_size_seconds: window_ms / 1000,
+            retry_after_ms,
+            remaining_after_waiting,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_within_the_group_and_evicts_after_the_window() {
+        let mut window = SlidingWindow::default();
+        window.record(0, 10, 1);
+        window.record(9, 10, 2);
+        window.record(10, 10, 4);
+        assert_eq!(window.observed(), 7);
+        assert_eq!(window.buckets.len(), 2);
+        window.evict(1000, 1000);
+        assert_eq!(window.observed(), 7, "a bucket exactly one window old still counts");
+        window.evict(1001, 1000);
+        assert_eq!(window.observed(), 4);
+        window.evict(1011, 1000);
+        assert!(window.is_empty());
+        assert_eq!(window.observed(), 0);
+    }
+
+    #[test]
+    fn rejection_hints_name_the_oldest_bucket() {
+        let mut window = SlidingWindow::default();
+        window.record(100, 10, 3);
+        window.record(400, 10, 2);
+        let decision = window.rejection(500, 1000);
+        assert_eq!(
+            decision,
+            RateLimitDecision::Rejected {
+                window_size_seconds: 1,
+                retry_after_ms: 601,
+                remaining_after_waiting: 2
+            }
+        );
+    }
+
+    #[test]
+    fn declined_counts_are_not_accepted() {
+        let mut window = SlidingWindow::default();
+        window.record(0, 10, 5);
+        window.decline_newest(2);
+        assert_eq!(window.accepted(), 3);
+        assert_eq!(window.observed_after(0), 0);
+        window.record(50, 10, 1);
+        assert_eq!(window.observed_after(0), 1);
+    }
+}
