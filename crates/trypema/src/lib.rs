@@ -24,8 +24,8 @@ pub mod redis;
 
 pub use decision::RateLimitDecision;
 pub use error::TrypemaError;
-pub use redis_key::RedisKey;
 pub use limiter::{RateLimiter, RateLimiterBuilder};
+pub use redis_key::RedisKey;
 pub use settings::{
     CleanupIntervalMs, HardLimitFactor, RateGroupSizeMs, RateLimit, StaleAfterMs,
     SuppressionFactorCacheMs, SyncIntervalMs, WindowSizeSeconds,

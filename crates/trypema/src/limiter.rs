@@ -1,9 +1,9 @@
 use std::time::Duration;
 
 use crate::{
-    cleanup::Cleanup, clock::Clock, local::LocalProvider, redis_key::RedisKey, suppression::SuppressionLimits,
-    CleanupIntervalMs, HardLimitFactor, RateGroupSizeMs, RateLimit, StaleAfterMs,
-    SuppressionFactorCacheMs, SyncIntervalMs, TrypemaError, WindowSizeSeconds,
+    cleanup::Cleanup, clock::Clock, local::LocalProvider, redis_key::RedisKey,
+    suppression::SuppressionLimits, CleanupIntervalMs, HardLimitFactor, RateGroupSizeMs, RateLimit,
+    StaleAfterMs, SuppressionFactorCacheMs, SyncIntervalMs, TrypemaError, WindowSizeSeconds,
 };
 
 /// Validated configuration shared by every provider of one limiter.
@@ -22,8 +22,10 @@ impl Settings {
     /// The absolute strategy's capacity: `floor(window × rate)`.
     #[inline]
     pub(crate) fn capacity(&self, rate: &RateLimit) -> u64 {
-        // `as` saturates, so an enormous rate gives u64::MAX rather than wrapping.
-        (self.window.get() as f64 * rate.get()).floor() as u64
+        // The relative nudge keeps products like 100 × 0.29 (28.999999999999996 in binary
+        // floating point) at the whole number they stand for. `as` saturates, so an enormous
+        // rate gives u64::MAX rather than wrapping.
+        (self.window.get() as f64 * rate.get() * (1.0 + 1e-12)).floor() as u64
     }
 
     pub(crate) fn suppression_limits(&self, rate: &RateLimit) -> SuppressionLimits {
@@ -162,9 +164,10 @@ impl RateLimiterBuilder {
         let hard_limit_factor = self
             .hard_limit_factor
             .map_or(Ok(HardLimitFactor::default()), HardLimitFactor::new)?;
-        let suppression_cache = self
-            .suppression_factor_cache_ms
-            .map_or(Ok(SuppressionFactorCacheMs::default()), SuppressionFactorCacheMs::new)?;
+        let suppression_cache = self.suppression_factor_cache_ms.map_or(
+            Ok(SuppressionFactorCacheMs::default()),
+            SuppressionFactorCacheMs::new,
+        )?;
         // Only the hybrid provider syncs, but a bad value should fail here, not later.
         let _sync_interval = self
             .sync_interval_ms

@@ -35,6 +35,13 @@ impl RedisKey {
         Self::new(value).unwrap_or_else(|error| panic!("{error}"))
     }
 
+    /// The error for a key of `len` bytes, more than the 255 a key may have.
+    pub fn too_long(len: usize) -> TrypemaError {
+        TrypemaError::InvalidRedisKey(format!(
+            "a key must be at most {MAX_REDIS_KEY_BYTES} bytes, got {len}"
+        ))
+    }
+
     /// The prefix used when none is configured: `trypema`.
     pub fn default_prefix() -> Self {
         Self("trypema".into())

@@ -38,8 +38,14 @@ impl<E> KeyedStore<E> {
 
     /// Runs `update` on the key's state if it has any.
     #[inline]
-    pub(crate) fn update_existing<R>(&self, key: &str, update: impl FnOnce(&mut E) -> R) -> Option<R> {
-        self.entries.get_mut(key).map(|mut entry| update(&mut entry))
+    pub(crate) fn update_existing<R>(
+        &self,
+        key: &str,
+        update: impl FnOnce(&mut E) -> R,
+    ) -> Option<R> {
+        self.entries
+            .get_mut(key)
+            .map(|mut entry| update(&mut entry))
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -27,7 +27,12 @@ impl SuppressionLimits {
     /// window average and the last second's count. This is the part worth caching.
     pub(crate) fn shedding_factor(&self, window: &SlidingWindow, now_ms: u64) -> f64 {
         let average = window.observed() as f64 / self.window_seconds;
-        let last_second = window.observed_after(now_ms.saturating_sub(1000)) as f64;
+        // The last second is the buckets with now - start < 1000. Before the first full second
+        // every bucket qualifies; `saturating_sub` would leave out the ones that started at 0.
+        let last_second = match now_ms.checked_sub(1000) {
+            Some(after_ms) => window.observed_after(after_ms),
+            None => window.observed(),
+        } as f64;
         let perceived = average.max(last_second);
         if perceived <= 0.0 {
             return 0.0;

@@ -110,7 +110,11 @@ mod tests {
         assert_eq!(window.observed(), 7);
         assert_eq!(window.buckets.len(), 2);
         window.evict(1000, 1000);
-        assert_eq!(window.observed(), 7, "a bucket exactly one window old still counts");
+        assert_eq!(
+            window.observed(),
+            7,
+            "a bucket exactly one window old still counts"
+        );
         window.evict(1001, 1000);
         assert_eq!(window.observed(), 4);
         window.evict(1011, 1000);

@@ -19,13 +19,17 @@ pub fn validate_key(key: &str) -> Result<&str, TrypemaError> {
     if key.is_empty() {
         Err(TrypemaError::InvalidKey("a key must not be empty".into()))
     } else if key.len() > MAX_KEY_BYTES {
-        Err(TrypemaError::InvalidKey(format!(
-            "a key must be at most {MAX_KEY_BYTES} bytes, got {}",
-            key.len()
-        )))
+        Err(key_too_long(key.len()))
     } else {
         Ok(key)
     }
+}
+
+/// The error for a key of `len` bytes, more than [`MAX_KEY_BYTES`].
+pub fn key_too_long(len: usize) -> TrypemaError {
+    TrypemaError::InvalidKey(format!(
+        "a key must be at most {MAX_KEY_BYTES} bytes, got {len}"
+    ))
 }
 
 /// `rl.local()`: both strategies, each with its own state.

@@ -52,7 +52,13 @@ impl SuppressedEntry {
         })
     }
 
-    fn inc(&mut self, settings: &Settings, now_ms: u64, rate: &RateLimit, count: u64) -> RateLimitDecision {
+    fn inc(
+        &mut self,
+        settings: &Settings,
+        now_ms: u64,
+        rate: &RateLimit,
+        count: u64,
+    ) -> RateLimitDecision {
         self.window.evict(now_ms, settings.window_ms);
         self.last_seen_ms = now_ms;
         if self.window.is_empty() {

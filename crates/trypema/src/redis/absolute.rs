@@ -31,7 +31,7 @@ impl AbsoluteRedisRateLimiter {
             .context
             .run(
                 &SCRIPT,
-                self.context.entity_key(key, "a"),
+                self.context.entity_keys(key, "a"),
                 &[
                     &"inc",
                     &settings.window_ms,
@@ -51,23 +51,35 @@ impl AbsoluteRedisRateLimiter {
             .context
             .run(
                 &SCRIPT,
-                self.context.entity_key(key, "a"),
-                &[&"check", &settings.window_ms, &settings.group_ms, &0u64, &0u64],
+                self.context.entity_keys(key, "a"),
+                &[
+                    &"check",
+                    &settings.window_ms,
+                    &settings.group_ms,
+                    &0u64,
+                    &0u64,
+                ],
             )
             .await?;
         self.decision(reply)
     }
 
-    fn decision(&self, reply: (i64, i64, i64)) -> Result<RateLimitDecision, TrypemaError> {
+    /// The script answers -1 (allowed) or `[retry_after_ms, remaining_after_waiting]`.
+    fn decision(&self, reply: redis::Value) -> Result<RateLimitDecision, TrypemaError> {
         match reply {
-            (0, _, _) => Ok(RateLimitDecision::Allowed),
-            (1, retry_after_ms, remaining) if retry_after_ms >= 0 && remaining >= 0 => {
-                Ok(RateLimitDecision::Rejected {
-                    window_size_seconds: self.context.settings.window.get(),
-                    retry_after_ms: retry_after_ms as u64,
-                    remaining_after_waiting: remaining as u64,
-                })
-            }
+            redis::Value::Int(-1) => Ok(RateLimitDecision::Allowed),
+            redis::Value::Array(ref hints) => match hints.as_slice() {
+                [redis::Value::Int(retry_after_ms), redis::Value::Int(remaining)]
+                    if *retry_after_ms >= 0 && *remaining >= 0 =>
+                {
+                    Ok(RateLimitDecision::Rejected {
+                        window_size_seconds: self.context.settings.window.get(),
+                        retry_after_ms: *retry_after_ms as u64,
+                        remaining_after_waiting: *remaining as u64,
+                    })
+                }
+                _ => Err(unexpected(reply)),
+            },
             other => Err(unexpected(other)),
         }
     }

@@ -1,11 +1,13 @@
 //! The Redis provider: every call is one `EVALSHA` of a script that evicts, decides and records
 //! atomically, so any number of processes share one exact limit.
 //!
-//! Key layout: `{<prefix>:<key>}:a` (absolute) and `{<prefix>:<key>}:s` (suppressed), one hash
-//! per entity and strategy. The braces are a Redis Cluster hash tag, so all of an entity's state
-//! lives in one slot; no global key is touched per call.
+//! Key layout, per entity and strategy (`a` absolute, `s` suppressed): a header string
+//! `{<prefix>:<key>}:a` and a list of older buckets `{<prefix>:<key>}:a:b`. The braces are a
+//! Redis Cluster hash tag, so all of an entity's state lives in one slot; no global key is
+//! touched per call.
 
 mod absolute;
+mod server_clock;
 mod suppressed;
 
 use std::sync::Arc;
@@ -14,6 +16,7 @@ pub use absolute::AbsoluteRedisRateLimiter;
 use redis::{aio::ConnectionManager, FromRedisValue, Script};
 pub use suppressed::SuppressedRedisRateLimiter;
 
+use self::server_clock::ServerClock;
 pub use crate::redis_key::RedisKey;
 use crate::{limiter::Settings, TrypemaError};
 
@@ -25,11 +28,16 @@ pub struct RedisProvider {
 }
 
 impl RedisProvider {
-    pub(crate) fn new(connection: Option<ConnectionManager>, prefix: RedisKey, settings: Settings) -> Self {
+    pub(crate) fn new(
+        connection: Option<ConnectionManager>,
+        prefix: RedisKey,
+        settings: Settings,
+    ) -> Self {
         let context = Arc::new(RedisContext {
             connection,
             prefix,
             settings,
+            clock: ServerClock::default(),
         });
         Self {
             absolute: AbsoluteRedisRateLimiter::new(context.clone()),
@@ -53,29 +61,35 @@ pub(crate) struct RedisContext {
     connection: Option<ConnectionManager>,
     prefix: RedisKey,
     pub(crate) settings: Settings,
+    clock: ServerClock,
 }
 
 impl RedisContext {
-    /// The hash holding `key`'s state for one strategy (`tag` is `a` or `s`).
-    pub(crate) fn entity_key(&self, key: &RedisKey, tag: &str) -> String {
-        format!("{{{}:{}}}:{tag}", self.prefix.as_str(), key.as_str())
+    /// The keys holding `key`'s state for one strategy (`tag` is `a` or `s`): header, buckets.
+    pub(crate) fn entity_keys(&self, key: &RedisKey, tag: &str) -> [String; 2] {
+        let header = format!("{{{}:{}}}:{tag}", self.prefix.as_str(), key.as_str());
+        let buckets = format!("{header}:b");
+        [header, buckets]
     }
 
-    /// Runs `script` with one key: `EVALSHA`, loading the script only if Redis answers NOSCRIPT.
+    /// Runs `script` on an entity's keys with `args` and then the server time: `EVALSHA`,
+    /// loading the script only on NOSCRIPT.
     pub(crate) async fn run<T: FromRedisValue>(
         &self,
         script: &Script,
-        key: String,
+        keys: [String; 2],
         args: &[&dyn ScriptArg],
     ) -> Result<T, TrypemaError> {
         let mut connection = self
             .connection
             .clone()
             .ok_or(TrypemaError::RedisNotConfigured)?;
-        let mut invocation = script.key(key);
+        let mut invocation = script.key(&keys[0]);
+        invocation.key(&keys[1]);
         for arg in args {
             arg.push(&mut invocation);
         }
+        invocation.arg(self.clock.now_ms(&mut connection).await?);
         Ok(invocation.invoke_async(&mut connection).await?)
     }
 }

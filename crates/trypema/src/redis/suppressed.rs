@@ -26,23 +26,18 @@ impl SuppressedRedisRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
-        let reply = self.call(key, "inc", rate.get(), count).await?;
-        match reply {
-            (0, _, _) => Ok(RateLimitDecision::Allowed),
-            (1, admitted, factor) => Ok(RateLimitDecision::Suppressed {
-                suppression_factor: parse_factor(&factor)?,
-                is_allowed: admitted == 1,
+        match self.call(key, "inc", rate.get(), count).await? {
+            -1 => Ok(RateLimitDecision::Allowed),
+            encoded => Ok(RateLimitDecision::Suppressed {
+                suppression_factor: decode_factor(encoded)?,
+                is_allowed: encoded % 2 == 1,
             }),
-            other => Err(unexpected(other)),
         }
     }
 
     /// The key's current suppression factor (0 for a key with no state); records nothing.
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, TrypemaError> {
-        match self.call(key, "factor", 1.0, 0).await? {
-            (2, _, factor) => parse_factor(&factor),
-            other => Err(unexpected(other)),
-        }
+        decode_factor(self.call(key, "factor", 1.0, 0).await?)
     }
 
     async fn call(
@@ -51,13 +46,13 @@ impl SuppressedRedisRateLimiter {
         mode: &str,
         rate: f64,
         count: u64,
-    ) -> Result<(i64, i64, String), TrypemaError> {
+    ) -> Result<i64, TrypemaError> {
         let settings = &self.context.settings;
         let random: f64 = rand::random();
         self.context
             .run(
                 &SCRIPT,
-                self.context.entity_key(key, "s"),
+                self.context.entity_keys(key, "s"),
                 &[
                     &mode,
                     &settings.window_ms,
@@ -72,9 +67,13 @@ impl SuppressedRedisRateLimiter {
     }
 }
 
-fn parse_factor(text: &str) -> Result<f64, TrypemaError> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|factor| (0.0..=1.0).contains(factor))
-        .ok_or_else(|| unexpected(text))
+/// The script returns `floor(factor × 2^40) × 2 + admitted`: a whole number, because formatting
+/// a float as text costs more server time than the rest of the decision.
+fn decode_factor(encoded: i64) -> Result<f64, TrypemaError> {
+    const SCALE: f64 = (1u64 << 40) as f64;
+    if (0..=(1i64 << 41) + 1).contains(&encoded) {
+        Ok((encoded / 2) as f64 / SCALE)
+    } else {
+        Err(unexpected(encoded))
+    }
 }
