@@ -11,12 +11,36 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 export declare class NativeRateLimiter {
   static createLocal(options: LimiterOptions): NativeRateLimiter
+  /**
+   * A limiter whose `redis` provider uses `connection`; `drain` is called when Redis
+   * results are waiting to be taken with `redisDrain`.
+   */
+  static createWithRedis(options: LimiterOptions, connection: RedisConnection, drain: () => void): NativeRateLimiter
   /** What the plain functions below take as their first argument. */
   get handle(): number
   /** The configured window, which every rejection reports. */
   get windowSizeSeconds(): number
   /** Stops background work and drops all state; later calls fail with `TRYPEMA_CLOSED`. */
   close(): void
+}
+
+/**
+ * The outcome of connecting: a connection waiting to be handed to a limiter, or why there is
+ * none. (Async napi functions can only reject with napi's own status codes, so the failure is
+ * returned and `index.js` raises it as a `TRYPEMA_REDIS` error.)
+ */
+export declare class RedisConnection {
+  /** Why connecting failed, or `null`. */
+  get failure(): string | null
+}
+
+/** Connects to `url` within a bounded time. */
+export declare function connectRedis(url: string): Promise<RedisConnection>
+
+export interface DrainedResults {
+  /** `id, kind, a, b` per settled call. */
+  numbers: Float64Array
+  errors: Array<RedisCallError>
 }
 
 /** `remaining_after_waiting` of the last rejection returned on this thread. */
@@ -42,3 +66,20 @@ export declare function localAbsoluteIsAllowed(handle: number, key: string): num
 export declare function localSuppressedFactor(handle: number, key: string): number
 
 export declare function localSuppressedInc(handle: number, key: string, rate: number, count: number): number
+
+export interface RedisCallError {
+  code: string
+  message: string
+}
+
+/** Takes every result that has arrived since the last drain. */
+export declare function redisDrain(handle: number): DrainedResults
+
+/** Validates a call and queues it; throws for invalid arguments, so nothing bad is queued. */
+export declare function redisEnqueue(handle: number, op: number, id: number, key: string, rate: number, count: number): void
+
+/** Sends every queued call to the runtime in one hand-off. */
+export declare function redisFlush(handle: number): void
+
+/** Throws the error `build()` would give for these settings, without building anything. */
+export declare function validateOptions(options: LimiterOptions): void

@@ -836,8 +836,14 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeRateLimiter = nativeBinding.NativeRateLimiter
+module.exports.RedisConnection = nativeBinding.RedisConnection
+module.exports.connectRedis = nativeBinding.connectRedis
 module.exports.lastRemaining = nativeBinding.lastRemaining
 module.exports.localAbsoluteInc = nativeBinding.localAbsoluteInc
 module.exports.localAbsoluteIsAllowed = nativeBinding.localAbsoluteIsAllowed
 module.exports.localSuppressedFactor = nativeBinding.localSuppressedFactor
 module.exports.localSuppressedInc = nativeBinding.localSuppressedInc
+module.exports.redisDrain = nativeBinding.redisDrain
+module.exports.redisEnqueue = nativeBinding.redisEnqueue
+module.exports.redisFlush = nativeBinding.redisFlush
+module.exports.validateOptions = nativeBinding.validateOptions

@@ -72,6 +72,27 @@ export interface LocalProvider {
   readonly suppressed: LocalSuppressed
 }
 
+/** Absolute strategy through Redis: exact across every process sharing the Redis and prefix. */
+export interface RedisAbsolute {
+  /** Records `count` (default 1) for `key` unless that would exceed `floor(window × rate)`. */
+  inc(key: string, rate: number, count?: number): Promise<AllowedDecision | RejectedDecision>
+  /** Whether one more call would be admitted now; records nothing. */
+  isAllowed(key: string): Promise<AllowedDecision | RejectedDecision>
+}
+
+/** Suppressed strategy through Redis. */
+export interface RedisSuppressed {
+  /** Records `count` (default 1) as observed for `key` and decides whether to admit it. */
+  inc(key: string, rate: number, count?: number): Promise<AllowedDecision | SuppressedDecision>
+  /** The key's current suppression factor in [0, 1] (0 for an unknown key); records nothing. */
+  getSuppressionFactor(key: string): Promise<number>
+}
+
+export interface RedisProvider {
+  readonly absolute: RedisAbsolute
+  readonly suppressed: RedisSuppressed
+}
+
 export declare class RateLimiterBuilder {
   /** Sliding window length in seconds (whole number ≥ 1, default 10). */
   windowSizeSeconds(value: number): this
@@ -97,8 +118,15 @@ export declare class RateLimiter {
   /** Starts configuring a limiter; pass a Redis URL to enable the `redis` and `hybrid` providers. */
   static builder(redisUrl?: string): RateLimiterBuilder
   private constructor()
+  /** The configured window length in seconds. */
+  readonly windowSizeSeconds: number
   /** In-process limits: synchronous, no I/O. */
   readonly local: LocalProvider
+  /**
+   * Limits shared through Redis: one round trip per call, exact across processes.
+   * Throws `TRYPEMA_REDIS_NOT_CONFIGURED` on a limiter built without a Redis URL.
+   */
+  readonly redis: RedisProvider
   /** Stops background work and releases all state; later calls fail with `TRYPEMA_CLOSED`. */
   close(): Promise<void>
 }

@@ -43,11 +43,15 @@ function suppressedDecision(encoded) {
   return { kind: 'suppressed', suppressionFactor: isAllowed ? encoded : encoded - 2, isAllowed }
 }
 
+// Provider objects keep the native limiter alive: it releases its state when collected, and a
+// caller may hold on to `rl.local.absolute` after dropping `rl`.
 class LocalAbsolute {
+  #native
   #handle
   #windowSizeSeconds
 
   constructor(native) {
+    this.#native = native
     this.#handle = native.handle
     this.#windowSizeSeconds = native.windowSizeSeconds
   }
@@ -68,9 +72,11 @@ class LocalAbsolute {
 }
 
 class LocalSuppressed {
+  #native
   #handle
 
   constructor(native) {
+    this.#native = native
     this.#handle = native.handle
   }
 
@@ -89,8 +95,166 @@ class LocalSuppressed {
   }
 }
 
+// Operation numbers understood by the addon's `redisEnqueue` (src/redis_bridge.rs).
+const OP_ABSOLUTE_INC = 0
+const OP_ABSOLUTE_IS_ALLOWED = 1
+const OP_SUPPRESSED_INC = 2
+const OP_SUPPRESSED_FACTOR = 3
+
+// Result kinds in the buffer returned by `redisDrain`, four numbers per result: id, kind, a, b.
+const DONE_ALLOWED = 0
+const DONE_REJECTED = 1
+const DONE_SUPPRESSED = 2
+const DONE_FACTOR = 3
+
+function noop() {}
+
+/**
+ * Owns the Promises of one limiter's Redis calls. Calls are queued in the addon and sent to
+ * Redis once per microtask tick; results come back in batches through `drain`.
+ */
+class RedisCalls {
+  #native = null
+  #handle = 0
+  #windowSizeSeconds = 0
+  #pending = new Map()
+  #nextId = 1
+  #flushScheduled = false
+  #closing = null
+  #whenIdle = null
+  // Holds the event loop open only while calls are in flight, so a finished program exits.
+  #keepAlive = setInterval(noop, 0x7fffffff)
+
+  constructor() {
+    this.#keepAlive.unref()
+  }
+
+  attach(native) {
+    this.#native = native
+    this.#handle = native.handle
+    this.#windowSizeSeconds = native.windowSizeSeconds
+  }
+
+  call(op, key, rate, count) {
+    if (this.#closing !== null) {
+      throw trypemaError('TRYPEMA_CLOSED', 'this rate limiter has been closed')
+    }
+    const id = this.#nextId++
+    binding.redisEnqueue(this.#handle, op, id, key, rate, count)
+    if (this.#pending.size === 0) this.#keepAlive.ref()
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true
+      queueMicrotask(this.#flush)
+    }
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject })
+    })
+  }
+
+  #flush = () => {
+    this.#flushScheduled = false
+    binding.redisFlush(this.#handle)
+  }
+
+  /** Called by the addon whenever results are waiting. */
+  drain = () => {
+    const { numbers, errors } = binding.redisDrain(this.#handle)
+    for (let i = 0; i < numbers.length; i += 4) {
+      const call = this.#pending.get(numbers[i])
+      this.#pending.delete(numbers[i])
+      const a = numbers[i + 2]
+      switch (numbers[i + 1]) {
+        case DONE_ALLOWED:
+          call.resolve(ALLOWED)
+          break
+        case DONE_REJECTED:
+          call.resolve({
+            kind: 'rejected',
+            windowSizeSeconds: this.#windowSizeSeconds,
+            retryAfterMs: a,
+            remainingAfterWaiting: numbers[i + 3],
+          })
+          break
+        case DONE_SUPPRESSED:
+          call.resolve({ kind: 'suppressed', suppressionFactor: a, isAllowed: numbers[i + 3] === 1 })
+          break
+        case DONE_FACTOR:
+          call.resolve(a)
+          break
+        default:
+          call.reject(trypemaError(errors[a].code, errors[a].message))
+      }
+    }
+    if (this.#pending.size === 0) {
+      this.#keepAlive.unref()
+      if (this.#whenIdle !== null) this.#whenIdle()
+    }
+  }
+
+  /** Refuses new calls and waits for the ones in flight (each is bounded by a timeout). */
+  close() {
+    if (this.#closing === null) {
+      this.#closing = new Promise((resolve) => {
+        this.#whenIdle = resolve
+        if (this.#pending.size === 0) resolve()
+      }).then(() => clearInterval(this.#keepAlive))
+    }
+    return this.#closing
+  }
+}
+
+class RedisAbsolute {
+  #calls
+
+  constructor(calls) {
+    this.#calls = calls
+  }
+
+  /** Records `count` for `key` unless that would exceed the window's capacity; exact across processes. */
+  async inc(key, rate, count = 1) {
+    expect('string', 'key', key)
+    expect('number', 'rate', rate)
+    expect('number', 'count', count)
+    return this.#calls.call(OP_ABSOLUTE_INC, key, rate, count)
+  }
+
+  /** Whether one more call would be admitted now; records nothing. */
+  async isAllowed(key) {
+    expect('string', 'key', key)
+    return this.#calls.call(OP_ABSOLUTE_IS_ALLOWED, key, 1, 0)
+  }
+}
+
+class RedisSuppressed {
+  #calls
+
+  constructor(calls) {
+    this.#calls = calls
+  }
+
+  /** Records `count` as observed for `key` and decides whether to admit it. */
+  async inc(key, rate, count = 1) {
+    expect('string', 'key', key)
+    expect('number', 'rate', rate)
+    expect('number', 'count', count)
+    return this.#calls.call(OP_SUPPRESSED_INC, key, rate, count)
+  }
+
+  /** The key's current suppression factor in [0, 1] (0 for an unknown key). */
+  async getSuppressionFactor(key) {
+    expect('string', 'key', key)
+    return this.#calls.call(OP_SUPPRESSED_FACTOR, key, 1, 0)
+  }
+}
+
+function notConfigured() {
+  return trypemaError('TRYPEMA_REDIS_NOT_CONFIGURED', 'this rate limiter was built without a Redis URL')
+}
+
 class RateLimiter {
   #native
+  #redisCalls
+  #redis
 
   /** Starts configuring a limiter; pass a Redis URL to enable the `redis` and `hybrid` providers. */
   static builder(redisUrl) {
@@ -98,11 +262,15 @@ class RateLimiter {
   }
 
   /** @internal use `RateLimiter.builder(...).build()` */
-  constructor(native) {
+  constructor(native, redisCalls = null) {
     if (!(native instanceof NativeRateLimiter)) {
       throw new TypeError('use RateLimiter.builder(...).build() to create a RateLimiter')
     }
     this.#native = native
+    this.#redisCalls = redisCalls
+    this.#redis =
+      redisCalls &&
+      Object.freeze({ absolute: new RedisAbsolute(redisCalls), suppressed: new RedisSuppressed(redisCalls) })
     this.local = Object.freeze({
       absolute: new LocalAbsolute(native),
       suppressed: new LocalSuppressed(native),
@@ -110,16 +278,26 @@ class RateLimiter {
     Object.freeze(this)
   }
 
-  get redis() {
-    throw trypemaError('TRYPEMA_REDIS_NOT_CONFIGURED', 'this rate limiter was built without a Redis URL')
+  /** The configured window length in seconds. */
+  get windowSizeSeconds() {
+    return this.#native.windowSizeSeconds
   }
 
+  /** Limits shared through Redis: one round trip per call, exact across processes. */
+  get redis() {
+    if (this.#redis === null) throw notConfigured()
+    return this.#redis
+  }
+
+  /** Limits shared through Redis, decided locally and synchronised in the background. */
   get hybrid() {
-    throw trypemaError('TRYPEMA_REDIS_NOT_CONFIGURED', 'this rate limiter was built without a Redis URL')
+    if (this.#redis === null) throw notConfigured()
+    throw trypemaError('TRYPEMA_UNSUPPORTED', 'the hybrid provider is not available in this version')
   }
 
   /** Stops background work and releases all state; later calls fail with `TRYPEMA_CLOSED`. */
   async close() {
+    if (this.#redisCalls !== null) await this.#redisCalls.close()
     this.#native.close()
   }
 }
@@ -182,9 +360,21 @@ class RateLimiterBuilder {
     return this
   }
 
-  /** Validates every setting and creates the limiter. */
+  /** Validates every setting, connects to Redis if a URL was given, and creates the limiter. */
   async build() {
-    return new RateLimiter(NativeRateLimiter.createLocal({ ...this.#options }))
+    const options = { ...this.#options }
+    if (options.redisUrl === undefined) {
+      return new RateLimiter(NativeRateLimiter.createLocal(options))
+    }
+    // Settings are checked before connecting, so a bad one is reported as such even when
+    // Redis is unreachable.
+    binding.validateOptions(options)
+    const connection = await binding.connectRedis(options.redisUrl)
+    if (connection.failure !== null) throw trypemaError('TRYPEMA_REDIS', connection.failure)
+    const calls = new RedisCalls()
+    const native = NativeRateLimiter.createWithRedis(options, connection, calls.drain)
+    calls.attach(native)
+    return new RateLimiter(native, calls)
   }
 }
 

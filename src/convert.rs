@@ -4,8 +4,6 @@ use napi::Error;
 use trypema::{RateLimit, RateLimitDecision, TrypemaError};
 
 /// Errors reach JavaScript as `Error` objects whose `code` is the core crate's error code.
-
-
 pub(crate) fn js_error(error: TrypemaError) -> Error<&'static str> {
     Error::new(error.code(), error.to_string())
 }
@@ -70,18 +68,29 @@ pub struct KeyArg {
 const KEY_BUFFER_BYTES: usize = 512;
 
 impl KeyArg {
-    /// The key, or the error every provider gives for a key that is too long.
-    pub(crate) fn text(&self) -> napi::Result<&str, &'static str> {
+    /// The key's text, or `Err(its length in bytes)` when it is too long for any provider.
+    fn text(&self) -> Result<&str, usize> {
         if self.full_len > self.len {
-            return Err(js_error(TrypemaError::InvalidKey(format!(
-                "a key must be at most {} bytes, got {}",
-                trypema::local::MAX_KEY_BYTES,
-                self.full_len
-            ))));
+            return Err(self.full_len);
         }
         // napi writes UTF-8, replacing lone surrogates, and never splits a character.
-        std::str::from_utf8(&self.bytes[..self.len])
-            .map_err(|_| js_error(TrypemaError::InvalidKey("a key must be valid UTF-8".into())))
+        std::str::from_utf8(&self.bytes[..self.len]).map_err(|_| self.len)
+    }
+
+    /// The key for the local provider.
+    pub(crate) fn local(&self) -> napi::Result<&str, &'static str> {
+        match self.text() {
+            Ok(key) => trypema::local::validate_key(key).map_err(js_error),
+            Err(len) => Err(js_error(trypema::local::key_too_long(len))),
+        }
+    }
+
+    /// The key for the Redis-backed providers.
+    pub(crate) fn redis(&self) -> napi::Result<trypema::RedisKey, &'static str> {
+        match self.text() {
+            Ok(key) => trypema::RedisKey::new(key).map_err(js_error),
+            Err(len) => Err(js_error(trypema::RedisKey::too_long(len))),
+        }
     }
 }
 
@@ -119,7 +128,9 @@ impl napi::bindgen_prelude::FromNapiValue for KeyArg {
             ));
         }
         key.full_len = key.len;
-        if key.len == KEY_BUFFER_BYTES - 1 {
+        // napi stops short of a character that would not fit, so a long multi-byte key can
+        // fill the buffer up to three bytes short of its end.
+        if key.len + 4 >= KEY_BUFFER_BYTES {
             // Possibly cut short: ask for the real length, for the error message.
             napi::sys::napi_get_value_string_utf8(
                 env,

@@ -12,9 +12,12 @@ use std::{
 };
 
 use napi_derive::napi;
-use trypema::{local, RateLimiter};
+use trypema::{RateLimiter, TrypemaError};
 
-use crate::convert::{self, closed_error, js_error, KeyArg};
+use crate::{
+    convert::{self, closed_error, js_error, KeyArg},
+    redis_bridge::{DrainCallback, RedisBridge, RedisConnection},
+};
 
 /// Settings as passed from JavaScript; each is checked by the core crate's builder.
 #[napi(object)]
@@ -32,14 +35,28 @@ pub struct LimiterOptions {
 
 thread_local! {
     // Each JavaScript thread (main or worker) has its own limiters; calls never cross threads.
-    static LIMITERS: RefCell<HashMap<u32, Rc<RateLimiter>>> = RefCell::new(HashMap::new());
+    static LIMITERS: RefCell<HashMap<u32, Rc<Limiter>>> = RefCell::new(HashMap::new());
     static NEXT_HANDLE: Cell<u32> = const { Cell::new(1) };
     static LAST_REMAINING: Cell<f64> = const { Cell::new(0.0) };
 }
 
+/// A registered limiter: the core limiter plus, when built with a Redis URL, its call bridge.
+pub(crate) struct Limiter {
+    pub(crate) core: RateLimiter,
+    redis: Option<RedisBridge>,
+}
+
+impl Limiter {
+    pub(crate) fn redis_bridge(&self) -> napi::Result<&RedisBridge, &'static str> {
+        self.redis
+            .as_ref()
+            .ok_or_else(|| js_error(TrypemaError::RedisNotConfigured))
+    }
+}
+
 pub(crate) fn with_limiter<T>(
     handle: u32,
-    call: impl FnOnce(&RateLimiter) -> napi::Result<T, &'static str>,
+    call: impl FnOnce(&Limiter) -> napi::Result<T, &'static str>,
 ) -> napi::Result<T, &'static str> {
     let limiter = LIMITERS.with(|limiters| limiters.borrow().get(&handle).cloned());
     let limiter = limiter.ok_or_else(closed_error)?;
@@ -49,55 +66,91 @@ pub(crate) fn with_limiter<T>(
 #[napi]
 pub struct NativeRateLimiter {
     handle: u32,
-    window_size_seconds: u32,
+    window_size_seconds: f64,
 }
 
-/// A whole-number setting: a fractional or negative value is reported with the setting's own
-/// error, by handing the core builder a value it rejects (0).
-fn whole_setting(value: Option<f64>) -> Option<u64> {
-    value.map(|value| convert::whole_number(value).unwrap_or(0))
+/// A whole-number setting from a JavaScript number. A fractional, negative or oversized value
+/// is reported with the code of the setting's own error (the core types only hold whole numbers).
+fn whole_setting(
+    name: &str,
+    value: Option<f64>,
+    error: fn(u64) -> TrypemaError,
+) -> napi::Result<Option<u64>, &'static str> {
+    match value {
+        None => Ok(None),
+        Some(value) => convert::whole_number(value).map(Some).ok_or_else(|| {
+            napi::Error::new(
+                error(0).code(),
+                format!("invalid {name} {value}: must be a whole number of at least 1"),
+            )
+        }),
+    }
 }
 
 pub(crate) fn configure(
     mut builder: trypema::RateLimiterBuilder,
     options: LimiterOptions,
-) -> trypema::RateLimiterBuilder {
-    if let Some(value) = whole_setting(options.window_size_seconds) {
+) -> napi::Result<trypema::RateLimiterBuilder, &'static str> {
+    use TrypemaError as E;
+    if let Some(value) = whole_setting(
+        "windowSizeSeconds",
+        options.window_size_seconds,
+        E::InvalidWindowSize,
+    )? {
         builder = builder.window_size_seconds(value);
     }
-    if let Some(value) = whole_setting(options.rate_group_size_ms) {
+    if let Some(value) = whole_setting(
+        "rateGroupSizeMs",
+        options.rate_group_size_ms,
+        E::InvalidRateGroupSize,
+    )? {
         builder = builder.rate_group_size_ms(value);
     }
     if let Some(value) = options.hard_limit_factor {
         builder = builder.hard_limit_factor(value);
     }
-    if let Some(value) = whole_setting(options.suppression_factor_cache_ms) {
+    if let Some(value) = whole_setting(
+        "suppressionFactorCacheMs",
+        options.suppression_factor_cache_ms,
+        E::InvalidSuppressionFactorCache,
+    )? {
         builder = builder.suppression_factor_cache_ms(value);
     }
     if let Some(value) = options.redis_prefix {
         builder = builder.redis_prefix(value);
     }
-    if let Some(value) = whole_setting(options.sync_interval_ms) {
+    if let Some(value) = whole_setting(
+        "syncIntervalMs",
+        options.sync_interval_ms,
+        E::InvalidSyncInterval,
+    )? {
         builder = builder.sync_interval_ms(value);
     }
-    if let Some(value) = whole_setting(options.cleanup_interval_ms) {
+    if let Some(value) = whole_setting(
+        "cleanupIntervalMs",
+        options.cleanup_interval_ms,
+        E::InvalidCleanupInterval,
+    )? {
         builder = builder.cleanup_interval_ms(value);
     }
-    if let Some(value) = whole_setting(options.stale_after_ms) {
+    if let Some(value) =
+        whole_setting("staleAfterMs", options.stale_after_ms, E::InvalidStaleAfter)?
+    {
         builder = builder.stale_after_ms(value);
     }
-    builder
+    Ok(builder)
 }
 
 impl NativeRateLimiter {
-    pub(crate) fn register(limiter: RateLimiter) -> Self {
+    fn register(core: RateLimiter, redis: Option<RedisBridge>) -> Self {
         let handle = NEXT_HANDLE.with(|next| {
             let handle = next.get();
             next.set(handle.wrapping_add(1).max(1));
             handle
         });
-        let window_size_seconds = limiter.window_size_seconds() as u32;
-        LIMITERS.with(|limiters| limiters.borrow_mut().insert(handle, Rc::new(limiter)));
+        let window_size_seconds = core.window_size_seconds() as f64;
+        let limiter = Rc::new(Limiter { core, redis });
+        LIMITERS.with(|limiters| limiters.borrow_mut().insert(handle, limiter));
         Self {
             handle,
             window_size_seconds,
@@ -116,10 +169,30 @@ impl Drop for NativeRateLimiter {
 impl NativeRateLimiter {
     #[napi(factory)]
     pub fn create_local(options: LimiterOptions) -> napi::Result<Self, &'static str> {
-        let limiter = configure(RateLimiter::local_builder(), options)
+        let limiter = configure(RateLimiter::local_builder(), options)?
             .build()
             .map_err(js_error)?;
-        Ok(Self::register(limiter))
+        Ok(Self::register(limiter, None))
+    }
+
+    /// A limiter whose `redis` provider uses `connection`; `drain` is called when Redis
+    /// results are waiting to be taken with `redisDrain`.
+    #[napi(
+        factory,
+        ts_args_type = "options: LimiterOptions, connection: RedisConnection, drain: () => void"
+    )]
+    pub fn create_with_redis(
+        options: LimiterOptions,
+        connection: &mut RedisConnection,
+        drain: DrainCallback,
+    ) -> napi::Result<Self, &'static str> {
+        let manager = connection.manager.take().ok_or_else(|| {
+            napi::Error::new("TRYPEMA_REDIS", "this Redis connection is already in use")
+        })?;
+        let limiter = configure(RateLimiter::builder(manager), options)?
+            .build()
+            .map_err(js_error)?;
+        Ok(Self::register(limiter, Some(RedisBridge::new(drain))))
     }
 
     /// What the plain functions below take as their first argument.
@@ -130,7 +203,7 @@ impl NativeRateLimiter {
 
     /// The configured window, which every rejection reports.
     #[napi(getter)]
-    pub fn window_size_seconds(&self) -> u32 {
+    pub fn window_size_seconds(&self) -> f64 {
         self.window_size_seconds
     }
 
@@ -151,13 +224,20 @@ fn remember(decision: trypema::RateLimitDecision) -> f64 {
 }
 
 #[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn local_absolute_inc(handle: u32, key: KeyArg, rate: f64, count: f64) -> napi::Result<f64, &'static str> {
+pub fn local_absolute_inc(
+    handle: u32,
+    key: KeyArg,
+    rate: f64,
+    count: f64,
+) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
-        let key = local::validate_key(key.text()?).map_err(js_error)?;
-        let decision = limiter
-            .local()
-            .absolute()
-            .inc(key, &convert::rate(rate)?, convert::count(count)?);
+        let key = key.local()?;
+        let decision =
+            limiter
+                .core
+                .local()
+                .absolute()
+                .inc(key, &convert::rate(rate)?, convert::count(count)?);
         Ok(remember(decision))
     })
 }
@@ -165,19 +245,25 @@ pub fn local_absolute_inc(handle: u32, key: KeyArg, rate: f64, count: f64) -> na
 #[napi(ts_args_type = "handle: number, key: string")]
 pub fn local_absolute_is_allowed(handle: u32, key: KeyArg) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
-        let key = local::validate_key(key.text()?).map_err(js_error)?;
-        Ok(remember(limiter.local().absolute().is_allowed(key)))
+        let key = key.local()?;
+        Ok(remember(limiter.core.local().absolute().is_allowed(key)))
     })
 }
 
 #[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn local_suppressed_inc(handle: u32, key: KeyArg, rate: f64, count: f64) -> napi::Result<f64, &'static str> {
+pub fn local_suppressed_inc(
+    handle: u32,
+    key: KeyArg,
+    rate: f64,
+    count: f64,
+) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
-        let key = local::validate_key(key.text()?).map_err(js_error)?;
-        let decision = limiter
-            .local()
-            .suppressed()
-            .inc(key, &convert::rate(rate)?, convert::count(count)?);
+        let key = key.local()?;
+        let decision = limiter.core.local().suppressed().inc(
+            key,
+            &convert::rate(rate)?,
+            convert::count(count)?,
+        );
         Ok(remember(decision))
     })
 }
@@ -185,9 +271,22 @@ pub fn local_suppressed_inc(handle: u32, key: KeyArg, rate: f64, count: f64) -> 
 #[napi(ts_args_type = "handle: number, key: string")]
 pub fn local_suppressed_factor(handle: u32, key: KeyArg) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
-        let key = local::validate_key(key.text()?).map_err(js_error)?;
-        Ok(limiter.local().suppressed().get_suppression_factor(key))
+        let key = key.local()?;
+        Ok(limiter
+            .core
+            .local()
+            .suppressed()
+            .get_suppression_factor(key))
     })
+}
+
+/// Throws the error `build()` would give for these settings, without building anything.
+#[napi]
+pub fn validate_options(options: LimiterOptions) -> napi::Result<(), &'static str> {
+    configure(RateLimiter::local_builder(), options)?
+        .build()
+        .map(drop)
+        .map_err(js_error)
 }
 
 /// `remaining_after_waiting` of the last rejection returned on this thread.
