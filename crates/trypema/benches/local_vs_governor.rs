@@ -55,10 +55,22 @@ fn main() {
 
     println!("local provider vs governor, {KEYS} keys, 1 thread, best of {ROUNDS} x {CALLS} calls");
     println!("{:<44} {:>8}", "", "ns/call");
-    println!("{:<44} {:>8.1}", "governor check_key (String keys)", governor_ns);
-    println!("{:<44} {:>8.1}", "governor check_key (&'static str keys)", governor_static_ns);
-    println!("{:<44} {:>8.1}", "trypema local absolute inc (&str keys)", absolute_ns);
-    println!("{:<44} {:>8.1}", "trypema local suppressed inc (&str keys)", suppressed_ns);
+    println!(
+        "{:<44} {:>8.1}",
+        "governor check_key (String keys)", governor_ns
+    );
+    println!(
+        "{:<44} {:>8.1}",
+        "governor check_key (&'static str keys)", governor_static_ns
+    );
+    println!(
+        "{:<44} {:>8.1}",
+        "trypema local absolute inc (&str keys)", absolute_ns
+    );
+    println!(
+        "{:<44} {:>8.1}",
+        "trypema local suppressed inc (&str keys)", suppressed_ns
+    );
     println!(
         "ratio absolute/governor: {:.2}x (String keys), {:.2}x (&'static str keys)",
         absolute_ns / governor_ns,

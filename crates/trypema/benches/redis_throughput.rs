@@ -1,0 +1,202 @@
+//! `cargo bench -p trypema --features redis-tokio --bench redis_throughput`: calls per second of
+//! the Redis provider's `inc` (absolute, then suppressed) from 256 tokio tasks sharing one
+//! `RateLimiter` over 1000 keys, with a rate so high that every call is allowed, plus the Redis
+//! server's own time per `EVALSHA` from `INFO commandstats`.
+//!
+//! Redis: `TRYPEMA_BENCH_REDIS_URL`, else `TRYPEMA_TEST_REDIS_URL`. The server's command
+//! statistics count every client, so run it against a Redis nothing else is using.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use redis::aio::ConnectionManager;
+use trypema::{redis::RedisKey, RateLimit, RateLimitDecision, RateLimiter};
+
+const TASKS: usize = 256;
+const KEYS: usize = 1000;
+const RUN_FOR: Duration = Duration::from_secs(3);
+/// High enough that neither strategy ever rejects or suppresses.
+const RATE: f64 = 1.0e9;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Strategy {
+    Absolute,
+    Suppressed,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Absolute => "absolute inc",
+            Self::Suppressed => "suppressed inc",
+        }
+    }
+}
+
+/// `(calls, usec)` of `cmdstat_evalsha`, or zeros if Redis has not run it yet.
+async fn evalsha_stats(admin: &mut ConnectionManager) -> (u64, u64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .expect("INFO commandstats");
+    let Some(line) = info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
+    else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        line.trim()
+            .split(',')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    (field("calls"), field("usec"))
+}
+
+async fn one_call(rl: &RateLimiter, strategy: Strategy, key: &RedisKey, rate: &RateLimit) -> bool {
+    let decision = match strategy {
+        Strategy::Absolute => rl.redis().absolute().inc(key, rate, 1).await,
+        Strategy::Suppressed => rl.redis().suppressed().inc(key, rate, 1).await,
+    };
+    matches!(
+        decision.expect("redis call failed"),
+        RateLimitDecision::Allowed
+    )
+}
+
+struct Row {
+    strategy: Strategy,
+    calls: u64,
+    ops_per_sec: f64,
+    evalsha_calls: u64,
+    usec_per_call: f64,
+}
+
+async fn measure(
+    rl: &Arc<RateLimiter>,
+    keys: &Arc<Vec<RedisKey>>,
+    admin: &mut ConnectionManager,
+    strategy: Strategy,
+) -> Row {
+    let rate = RateLimit::try_from(RATE).expect("valid rate");
+    // Warm up: every key has its state and the script is loaded before timing starts.
+    for key in keys.iter() {
+        assert!(one_call(rl, strategy, key, &rate).await);
+    }
+    let (calls_before, usec_before) = evalsha_stats(admin).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let not_allowed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + RUN_FOR;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (rl, keys, calls, not_allowed) =
+                (rl.clone(), keys.clone(), calls.clone(), not_allowed.clone());
+            tokio::spawn(async move {
+                let mut i = task * 7919;
+                let mut done = 0;
+                while Instant::now() < deadline {
+                    if !one_call(&rl, strategy, &keys[i % KEYS], &rate).await {
+                        not_allowed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    i += 1;
+                    done += 1;
+                }
+                calls.fetch_add(done, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("benchmark task panicked");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let (calls_after, usec_after) = evalsha_stats(admin).await;
+    assert_eq!(
+        not_allowed.load(Ordering::Relaxed),
+        0,
+        "every call should be allowed at this rate"
+    );
+    let calls = calls.load(Ordering::Relaxed);
+    let evalsha_calls = calls_after.saturating_sub(calls_before);
+    Row {
+        strategy,
+        calls,
+        ops_per_sec: calls as f64 / elapsed,
+        evalsha_calls,
+        usec_per_call: usec_after.saturating_sub(usec_before) as f64 / evalsha_calls.max(1) as f64,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else (e.g. `cargo test --benches`) only checks
+    // that the benchmark builds.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("redis_throughput: run with `cargo bench -p trypema --features redis-tokio --bench redis_throughput`");
+        return;
+    }
+    let url = std::env::var("TRYPEMA_BENCH_REDIS_URL")
+        .or_else(|_| std::env::var("TRYPEMA_TEST_REDIS_URL"))
+        .expect("set TRYPEMA_BENCH_REDIS_URL (or TRYPEMA_TEST_REDIS_URL) to a redis:// URL");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let rows = runtime.block_on(async {
+        let client = redis::Client::open(url.as_str()).expect("valid redis URL");
+        let connection = client
+            .get_connection_manager()
+            .await
+            .expect("connect to redis");
+        let mut admin = redis::Client::open(url.as_str())
+            .expect("valid redis URL")
+            .get_connection_manager()
+            .await
+            .expect("connect to redis");
+        let prefix = format!("bench{:016x}", rand::random::<u64>());
+        let rl = Arc::new(
+            RateLimiter::builder(connection)
+                .window_size_seconds(10)
+                .rate_group_size_ms(100)
+                .redis_prefix(prefix)
+                .build()
+                .expect("valid settings"),
+        );
+        let keys: Arc<Vec<RedisKey>> = Arc::new(
+            (0..KEYS)
+                .map(|i| RedisKey::try_from(format!("user_{i}")).expect("valid key"))
+                .collect(),
+        );
+        let mut rows = Vec::new();
+        for strategy in [Strategy::Absolute, Strategy::Suppressed] {
+            rows.push(measure(&rl, &keys, &mut admin, strategy).await);
+        }
+        rows
+    });
+
+    println!(
+        "redis provider: {TASKS} tasks sharing one RateLimiter, {KEYS} keys, {} s per strategy, all allowed",
+        RUN_FOR.as_secs()
+    );
+    println!(
+        "{:<16} {:>10} {:>12} {:>14} {:>16}",
+        "call", "calls", "ops/s", "evalsha calls", "redis µs/call"
+    );
+    for row in &rows {
+        println!(
+            "{:<16} {:>10} {:>12.0} {:>14} {:>16.2}",
+            row.strategy.name(),
+            row.calls,
+            row.ops_per_sec,
+            row.evalsha_calls,
+            row.usec_per_call
+        );
+    }
+}
