@@ -1,0 +1,143 @@
+// `npm run bench`: throughput of trypema against rate-limiter-flexible, in one run on this
+// machine, reported as ratios (absolute figures drift on shared machines). Then the Rust
+// benchmarks. Nothing here asserts: tests check behaviour, this prints figures.
+import { spawnSync } from 'node:child_process'
+import { performance } from 'node:perf_hooks'
+import { fileURLToPath } from 'node:url'
+import Redis from 'ioredis'
+import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible'
+import { RateLimiter } from '../index.mjs'
+import { redisServerInstalled, startRedis } from './redis-server.mjs'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+const KEYS = Array.from({ length: 1000 }, (_, i) => `user_${i}`)
+const HUGE_RATE = 1e9 // nothing is ever refused: every call does its full admission work
+const quick = process.argv.includes('--quick')
+
+const fmt = (n) => Math.round(n).toLocaleString('en-US')
+const table = (rows) => {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => String(row[c]).length)))
+  for (const row of rows) console.log(row.map((cell, c) => String(cell).padStart(widths[c])).join('  '))
+}
+
+function syncOpsPerSecond(call, calls) {
+  for (let i = 0; i < 200_000; i++) call(KEYS[i % KEYS.length])
+  let best = 0
+  for (let round = 0; round < 3; round++) {
+    const started = performance.now()
+    for (let i = 0; i < calls; i++) call(KEYS[i % KEYS.length])
+    best = Math.max(best, calls / ((performance.now() - started) / 1000))
+  }
+  return best
+}
+
+async function promiseOpsPerSecond(call, calls, inFlight = 1000) {
+  let started = performance.now()
+  let next = 0
+  const worker = async () => {
+    while (next < calls) await call(KEYS[next++ % KEYS.length])
+  }
+  await Promise.all(Array.from({ length: inFlight }, worker))
+  started = performance.now() - started
+  return calls / (started / 1000)
+}
+
+/** 256 callers in flight, each awaiting its call before the next: ops/s and latency. */
+async function loadTest(call, { seconds, hotKey }) {
+  const latencies = []
+  const deadline = performance.now() + seconds * 1000
+  let n = 0
+  const worker = async () => {
+    while (performance.now() < deadline) {
+      const key = hotKey ? 'hot' : KEYS[n++ % KEYS.length]
+      const t0 = performance.now()
+      await call(key)
+      latencies.push(performance.now() - t0)
+    }
+  }
+  const started = performance.now()
+  await Promise.all(Array.from({ length: 256 }, worker))
+  const elapsed = (performance.now() - started) / 1000
+  latencies.sort((a, b) => a - b)
+  const pick = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]
+  return { ops: latencies.length / elapsed, p50: pick(0.5), p99: pick(0.99) }
+}
+
+async function evalshaMicros(admin, run) {
+  await admin.config('RESETSTAT')
+  const result = await run()
+  const stats = await admin.info('commandstats')
+  const line = stats.split('\n').find((l) => l.startsWith('cmdstat_evalsha:'))
+  const micros = line ? Number(/usec_per_call=([\d.]+)/.exec(line)[1]) : NaN
+  return { ...result, micros }
+}
+
+console.log(`trypema benchmarks — node ${process.version}, ${new Date().toISOString()}`)
+
+// ---- local provider vs RateLimiterMemory -------------------------------------------------
+{
+  const calls = quick ? 1_000_000 : 5_000_000
+  const rl = await RateLimiter.builder().build()
+  const absolute = syncOpsPerSecond((key) => rl.local.absolute.inc(key, HUGE_RATE, 1), calls)
+  const suppressed = syncOpsPerSecond((key) => rl.local.suppressed.inc(key, HUGE_RATE, 1), calls)
+  await rl.close()
+  const memory = new RateLimiterMemory({ points: 2 ** 31, duration: 10 })
+  const flexible = await promiseOpsPerSecond((key) => memory.consume(key, 1), quick ? 300_000 : 1_000_000)
+  console.log(`\nlocal provider, 1000 keys, one thread (ops/s; ratio against RateLimiterMemory.consume)`)
+  table([
+    ['', 'ops/s', 'ratio'],
+    ['trypema rl.local.absolute.inc', fmt(absolute), (absolute / flexible).toFixed(2) + 'x'],
+    ['trypema rl.local.suppressed.inc', fmt(suppressed), (suppressed / flexible).toFixed(2) + 'x'],
+    ['rate-limiter-flexible RateLimiterMemory.consume', fmt(flexible), '1.00x'],
+  ])
+}
+
+// ---- redis provider vs RateLimiterRedis (ioredis) -----------------------------------------
+let redis = null
+if (process.env.TRYPEMA_BENCH_REDIS_URL === undefined && !redisServerInstalled()) {
+  console.log('\nredis-server is not installed: skipping the Redis benchmarks')
+} else {
+  redis = process.env.TRYPEMA_BENCH_REDIS_URL ? null : await startRedis()
+  const url = process.env.TRYPEMA_BENCH_REDIS_URL ?? redis.url
+  const seconds = quick ? 1.5 : 4
+  const admin = new Redis(url)
+  const ioredis = new Redis(url, { enableAutoPipelining: false })
+  const rl = await RateLimiter.builder(url).windowSizeSeconds(10).build()
+  const flexible = new RateLimiterRedis({ storeClient: ioredis, points: 2 ** 31, duration: 10, keyPrefix: 'rlf' })
+  const rows = [['256 in flight', 'keys', 'ops/s', 'p50 ms', 'p99 ms', 'redis µs/call', 'ops ratio']]
+  for (const hotKey of [false, true]) {
+    const keys = hotKey ? '1 hot' : '1000'
+    const baseline = await evalshaMicros(admin, () => loadTest((key) => flexible.consume(key, 1), { seconds, hotKey }))
+    const absolute = await evalshaMicros(admin, () =>
+      loadTest((key) => rl.redis.absolute.inc(key, HUGE_RATE, 1), { seconds, hotKey }),
+    )
+    const suppressed = await evalshaMicros(admin, () =>
+      loadTest((key) => rl.redis.suppressed.inc(key, HUGE_RATE, 1), { seconds, hotKey }),
+    )
+    const row = (name, r) => [name, keys, fmt(r.ops), r.p50.toFixed(2), r.p99.toFixed(2), r.micros.toFixed(2), (r.ops / baseline.ops).toFixed(2) + 'x']
+    rows.push(row('trypema rl.redis.absolute.inc', absolute))
+    rows.push(row('trypema rl.redis.suppressed.inc', suppressed))
+    rows.push(row('rate-limiter-flexible RateLimiterRedis.consume', baseline))
+  }
+  console.log(`\nredis provider against one local redis-server (${seconds} s per row; ratio against rate-limiter-flexible)`)
+  table(rows)
+  await rl.close()
+  admin.disconnect()
+  ioredis.disconnect()
+}
+
+// ---- Rust -----------------------------------------------------------------------------------
+function cargoBench(args, env = {}) {
+  console.log(`\n$ cargo bench ${args.join(' ')}`)
+  const result = spawnSync('cargo', ['bench', '-q', ...args], { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
+  if (result.status !== 0) process.exitCode = 1
+}
+if (!process.argv.includes('--no-rust')) {
+  cargoBench(['-p', 'trypema', '--bench', 'local_vs_governor'])
+  if (redis !== null) {
+    cargoBench(['-p', 'trypema', '--features', 'redis-tokio', '--bench', 'redis_throughput'], {
+      TRYPEMA_BENCH_REDIS_URL: redis.url,
+    })
+  }
+}
+if (redis !== null) await redis.stop()
