@@ -1,50 +1,54 @@
 -- Absolute strategy for one entity, atomically: drop the buckets that left the window, then
--- check (mode "check") or try to record ARGV[5] (mode "inc").
+--   "inc"    try to record ARGV[6] at now,
+--   "check"  report whether one more would fit, recording nothing,
+--   "lease"  (hybrid provider) give back the unused part of a previous lease, then reserve up
+--            to ARGV[6] for a lease that ends ARGV[7] ms from now.
 --
 -- KEYS[1]  header, a string packing: capacity (sticky), total in window, number of live
 --          buckets, oldest bucket start and count, newest bucket start and count.
 -- KEYS[2]  list of the buckets between the oldest and the newest, each packed start and count.
--- ARGV     mode, window_ms, group_ms, capacity for a new key, count, now (Redis server time in
---          ms, as tracked by the client: calling TIME here would add a third of the cost)
--- Returns  -1 allowed, or {retry_after_ms, remaining_after_waiting} rejected.
+-- ARGV     mode, now (Redis server time in ms, as tracked by the client: calling TIME here
+--          would add a third of the cost), window_ms, group_ms, capacity for a new key, count
+--          (for "lease": the amount asked for), and for "lease": lease_ms, returned,
+--          returned_start.
+-- Returns  "inc" / "check": -1 allowed, or {retry_after_ms, remaining_after_waiting} rejected.
+--          "lease": {granted, lease bucket start, retry_after_ms, remaining_after_waiting}.
 --
 -- Server time here is dominated by the number of redis.call()s and of numbers converted to
 -- text, so the header is one binary string: joining the newest bucket (the common path) is
--- one GET and one SETRANGE, with no conversions. Buckets only move through the list when one is
--- opened or evicted. Both keys expire when the newest bucket leaves the window, so idle state
--- goes away by itself.
+-- one GET and one SETRANGE, with no conversions. Buckets only move through the list when one
+-- is opened or evicted. Both keys expire when the newest bucket leaves the window, so idle
+-- state goes away by itself.
+--
+-- A lease is recorded in a bucket that starts when the lease ends: everything admitted under
+-- it happens before that, so it stays counted for at least a full window after each admission
+-- and the window never holds more than the capacity, leases included.
 local HEADER = '<ddddddd'
 local BUCKET = '<dd'
 local header_key, buckets_key = KEYS[1], KEYS[2]
-local window_ms = tonumber(ARGV[2])
-local checking = ARGV[1] == 'check'
+local mode = ARGV[1]
+local window_ms = tonumber(ARGV[3])
+local now = tonumber(ARGV[2])
 
-local now = tonumber(ARGV[6])
-
-local packed = redis.call('GET', header_key)
 local capacity, total, buckets, oldest_start, oldest_count, newest_start, newest_count
+local packed = redis.call('GET', header_key)
 if packed then
   capacity, total, buckets, oldest_start, oldest_count, newest_start, newest_count =
     struct.unpack(HEADER, packed)
   if now - newest_start > window_ms then
     -- Every bucket has left the window (the TTL normally removes the keys first).
     redis.call('DEL', header_key, buckets_key)
-    capacity = nil
+    packed = false
   end
 end
-
-if not capacity then
-  if checking then
+if not packed then
+  if mode == 'check' then
     return -1
   end
-  capacity = tonumber(ARGV[4])
-  local count = tonumber(ARGV[5])
-  if count > capacity then
-    return {window_ms, 0}
+  if mode == 'lease' and ARGV[6] == '0' then
+    return {0, now, window_ms, 0}
   end
-  redis.call('SET', header_key, struct.pack(HEADER, capacity, count, 1, now, count, now, count),
-    'PX', window_ms + 1)
-  return -1
+  capacity, total, buckets = tonumber(ARGV[5]), 0, 0
 end
 
 local changed = false
@@ -59,40 +63,94 @@ while buckets > 1 and now - oldest_start > window_ms do
   changed = true
 end
 
-local count = checking and 1 or tonumber(ARGV[5])
-local ttl = 'KEEPTTL'
-if total + count > capacity then
-  count = nil
-elseif not checking then
-  changed = true
-  total = total + count
-  if now - newest_start < tonumber(ARGV[3]) then
+local count, start
+if mode == 'lease' then
+  local returned = tonumber(ARGV[8])
+  if returned > 0 and buckets > 0 then
+    local returned_start = tonumber(ARGV[9])
+    if returned_start == newest_start then
+      returned = math.min(returned, newest_count)
+      newest_count = newest_count - returned
+    elseif buckets > 1 and returned_start == oldest_start then
+      returned = math.min(returned, oldest_count)
+      oldest_count = oldest_count - returned
+    else
+      -- A lease's bucket is young, so it is near the tail when it is not the newest.
+      returned = 0
+      for i = -1, -8, -1 do
+        local item = redis.call('LINDEX', buckets_key, i)
+        if not item then
+          break
+        end
+        local item_start, item_count = struct.unpack(BUCKET, item)
+        if item_start == returned_start then
+          returned = math.min(tonumber(ARGV[8]), item_count)
+          redis.call('LSET', buckets_key, i, struct.pack(BUCKET, item_start, item_count - returned))
+          break
+        end
+        if item_start < returned_start then
+          break
+        end
+      end
+    end
+    total = total - returned
+    changed = changed or returned > 0
+  end
+  count = math.max(0, math.min(tonumber(ARGV[6]), capacity - total))
+  start = now + tonumber(ARGV[7])
+else
+  count = mode == 'check' and 1 or tonumber(ARGV[6])
+  start = now
+  if total + count > capacity or mode == 'check' then
+    if changed then
+      redis.call('SETRANGE', header_key, '0', struct.pack(HEADER, capacity, total, buckets,
+        oldest_start, oldest_count, newest_start, newest_count))
+    end
+    if total + count <= capacity then
+      return -1
+    end
+    if buckets == 0 then
+      return {window_ms, 0}
+    end
+    return {oldest_start + window_ms + 1 - now, total - oldest_count}
+  end
+end
+
+local opened = false
+if count > 0 or buckets == 0 then
+  -- Starts never go backwards, so the newest bucket is always the latest one.
+  if buckets > 0 and start < newest_start then
+    start = newest_start
+  end
+  if buckets > 0 and start - newest_start < tonumber(ARGV[4]) then
     newest_count = newest_count + count
   else
     if buckets > 1 then
       redis.call('RPUSH', buckets_key, struct.pack(BUCKET, newest_start, newest_count))
-      redis.call('PEXPIRE', buckets_key, window_ms + 1)
+      redis.call('PEXPIRE', buckets_key, start - now + window_ms + 1)
     end
     buckets = buckets + 1
-    newest_start, newest_count = now, count
-    ttl = 'PX'
+    newest_start, newest_count = start, count
+    opened = true
   end
-  if buckets == 1 then
-    oldest_start, oldest_count = newest_start, newest_count
-  end
+  total = total + count
+  changed = true
 end
 
 if changed then
+  if buckets == 1 then
+    oldest_start, oldest_count = newest_start, newest_count
+  end
   local header = struct.pack(HEADER, capacity, total, buckets, oldest_start, oldest_count,
     newest_start, newest_count)
-  if ttl == 'PX' then
-    redis.call('SET', header_key, header, 'PX', window_ms + 1)
+  if opened then
+    redis.call('SET', header_key, header, 'PX', newest_start - now + window_ms + 1)
   else
     -- Same length, written in place: cheaper than SET and keeps the TTL.
     redis.call('SETRANGE', header_key, '0', header)
   end
 end
-if count == nil then
-  return {oldest_start + window_ms + 1 - now, total - oldest_count}
+if mode == 'lease' then
+  return {count, newest_start, oldest_start + window_ms + 1 - now, total - oldest_count}
 end
 return -1

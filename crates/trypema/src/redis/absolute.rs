@@ -5,7 +5,8 @@ use redis::Script;
 use super::{unexpected, RedisContext, RedisKey};
 use crate::{RateLimit, RateLimitDecision, TrypemaError};
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("absolute.lua")));
+pub(crate) const SOURCE: &str = include_str!("absolute.lua");
+pub(crate) static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
 
 /// Absolute strategy in Redis: exact across every process sharing the Redis and prefix.
 #[derive(Clone)]

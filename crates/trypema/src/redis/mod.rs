@@ -6,9 +6,9 @@
 //! Redis Cluster hash tag, so all of an entity's state lives in one slot; no global key is
 //! touched per call.
 
-mod absolute;
+pub(crate) mod absolute;
 mod server_clock;
-mod suppressed;
+pub(crate) mod suppressed;
 
 use std::sync::Arc;
 
@@ -72,8 +72,8 @@ impl RedisContext {
         [header, buckets]
     }
 
-    /// Runs `script` on an entity's keys with `args` and then the server time: `EVALSHA`,
-    /// loading the script only on NOSCRIPT.
+    /// Runs `script` on an entity's keys: `EVALSHA`, loading the script only on NOSCRIPT.
+    /// The server time is inserted as the second argument, after the mode.
     pub(crate) async fn run<T: FromRedisValue>(
         &self,
         script: &Script,
@@ -86,11 +86,70 @@ impl RedisContext {
             .ok_or(TrypemaError::RedisNotConfigured)?;
         let mut invocation = script.key(&keys[0]);
         invocation.key(&keys[1]);
-        for arg in args {
+        let now = self.clock.now_ms(&mut connection).await?;
+        for (index, arg) in args.iter().enumerate() {
+            if index == 1 {
+                invocation.arg(now);
+            }
             arg.push(&mut invocation);
         }
-        invocation.arg(self.clock.now_ms(&mut connection).await?);
         Ok(invocation.invoke_async(&mut connection).await?)
+    }
+}
+
+impl RedisContext {
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs `script` once per entry of `calls` in one pipelined round trip, with the server
+    /// time inserted after the mode as in [`Self::run`]. Calls are independent: each gets
+    /// its own result. Scripts missing from the server (NOSCRIPT) are loaded and those calls
+    /// sent again.
+    pub(crate) async fn run_batch(
+        &self,
+        script: &Script,
+        source: &str,
+        calls: &[([String; 2], Vec<String>)],
+    ) -> Result<Vec<redis::Value>, TrypemaError> {
+        let mut connection = self
+            .connection
+            .clone()
+            .ok_or(TrypemaError::RedisNotConfigured)?;
+        let now = self.clock.now_ms(&mut connection).await?;
+        let pipeline = |hash: &str| {
+            let mut pipeline = redis::pipe();
+            pipeline.ignore_errors();
+            for (keys, args) in calls {
+                pipeline
+                    .cmd("EVALSHA")
+                    .arg(hash)
+                    .arg(2)
+                    .arg(&keys[0])
+                    .arg(&keys[1])
+                    .arg(&args[..1])
+                    .arg(now)
+                    .arg(&args[1..]);
+            }
+            pipeline
+        };
+        let mut results: Vec<redis::Value> = pipeline(script.get_hash())
+            .query_async(&mut connection)
+            .await?;
+        let missing = |value: &redis::Value| {
+            matches!(value, redis::Value::ServerError(error) if error.code() == "NOSCRIPT")
+        };
+        if results.iter().any(missing) {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(source)
+                .query_async::<String>(&mut connection)
+                .await?;
+            results = pipeline(script.get_hash())
+                .query_async(&mut connection)
+                .await?;
+        }
+        Ok(results)
     }
 }
 

@@ -5,7 +5,8 @@ use redis::Script;
 use super::{unexpected, RedisContext, RedisKey};
 use crate::{RateLimit, RateLimitDecision, TrypemaError};
 
-static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("suppressed.lua")));
+pub(crate) const SOURCE: &str = include_str!("suppressed.lua");
+pub(crate) static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
 
 /// Suppressed strategy in Redis. The random draw is made here, with a proper RNG, and passed to
 /// the script: Lua's `math.random` is seeded identically on every script run.
