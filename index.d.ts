@@ -93,6 +93,30 @@ export interface RedisProvider {
   readonly suppressed: RedisSuppressed
 }
 
+/**
+ * Absolute strategy, hybrid: calls are served from a lease of quota reserved in Redis, with no
+ * I/O while the lease covers them; instances sharing a key never admit more than its capacity.
+ */
+export interface HybridAbsolute {
+  /** Records `count` (default 1) for `key` unless that would exceed `floor(window × rate)`. */
+  inc(key: string, rate: number, count?: number): Promise<AllowedDecision | RejectedDecision>
+  /** Whether one more call would be admitted now; records nothing. */
+  isAllowed(key: string): Promise<AllowedDecision | RejectedDecision>
+}
+
+/** Suppressed strategy, hybrid: decided locally on window totals shared through Redis every sync. */
+export interface HybridSuppressed {
+  /** Records `count` (default 1) as observed for `key` and decides whether to admit it. */
+  inc(key: string, rate: number, count?: number): Promise<AllowedDecision | SuppressedDecision>
+  /** The key's current suppression factor in [0, 1] (0 for an unknown key); records nothing. */
+  getSuppressionFactor(key: string): Promise<number>
+}
+
+export interface HybridProvider {
+  readonly absolute: HybridAbsolute
+  readonly suppressed: HybridSuppressed
+}
+
 export declare class RateLimiterBuilder {
   /** Sliding window length in seconds (whole number ≥ 1, default 10). */
   windowSizeSeconds(value: number): this
@@ -127,6 +151,11 @@ export declare class RateLimiter {
    * Throws `TRYPEMA_REDIS_NOT_CONFIGURED` on a limiter built without a Redis URL.
    */
   readonly redis: RedisProvider
+  /**
+   * Limits shared through Redis, decided locally and synchronised every `syncIntervalMs`.
+   * Throws `TRYPEMA_REDIS_NOT_CONFIGURED` on a limiter built without a Redis URL.
+   */
+  readonly hybrid: HybridProvider
   /** Stops background work and releases all state; later calls fail with `TRYPEMA_CLOSED`. */
   close(): Promise<void>
 }

@@ -100,6 +100,13 @@ const OP_ABSOLUTE_INC = 0
 const OP_ABSOLUTE_IS_ALLOWED = 1
 const OP_SUPPRESSED_INC = 2
 const OP_SUPPRESSED_FACTOR = 3
+const OP_HYBRID_ABSOLUTE_INC = 4
+const OP_HYBRID_ABSOLUTE_IS_ALLOWED = 5
+const OP_HYBRID_SUPPRESSED_INC = 6
+const OP_HYBRID_SUPPRESSED_FACTOR = 7
+
+// What `hybridAbsoluteTry` / `hybridSuppressedTry` return when the call needs Redis.
+const NEEDS_REDIS = -2
 
 // Result kinds in the buffer returned by `redisDrain`, four numbers per result: id, kind, a, b.
 const DONE_ALLOWED = 0
@@ -133,6 +140,14 @@ class RedisCalls {
     this.#native = native
     this.#handle = native.handle
     this.#windowSizeSeconds = native.windowSizeSeconds
+  }
+
+  get handle() {
+    return this.#handle
+  }
+
+  get windowSizeSeconds() {
+    return this.#windowSizeSeconds
   }
 
   call(op, key, rate, count) {
@@ -247,6 +262,75 @@ class RedisSuppressed {
   }
 }
 
+class HybridAbsolute {
+  #calls
+  #handle
+  #windowSizeSeconds
+
+  constructor(calls) {
+    this.#calls = calls
+    this.#handle = calls.handle
+    this.#windowSizeSeconds = calls.windowSizeSeconds
+  }
+
+  /**
+   * Records `count` for `key` unless that would exceed the window's capacity. Served from the
+   * key's local lease without I/O (an already-settled Promise) whenever the lease covers it.
+   */
+  inc(key, rate, count = 1) {
+    let encoded
+    try {
+      expect('string', 'key', key)
+      expect('number', 'rate', rate)
+      expect('number', 'count', count)
+      encoded = binding.hybridAbsoluteTry(this.#handle, key, rate, count)
+      if (encoded === NEEDS_REDIS) return this.#calls.call(OP_HYBRID_ABSOLUTE_INC, key, rate, count)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return Promise.resolve(absoluteDecision(this.#windowSizeSeconds, encoded))
+  }
+
+  /** Whether one more call would be admitted now; records nothing. */
+  async isAllowed(key) {
+    expect('string', 'key', key)
+    return this.#calls.call(OP_HYBRID_ABSOLUTE_IS_ALLOWED, key, 1, 0)
+  }
+}
+
+class HybridSuppressed {
+  #calls
+  #handle
+  #windowSizeSeconds
+
+  constructor(calls) {
+    this.#calls = calls
+    this.#handle = calls.handle
+    this.#windowSizeSeconds = calls.windowSizeSeconds
+  }
+
+  /** Records `count` as observed for `key` and decides locally on the shared window totals. */
+  inc(key, rate, count = 1) {
+    let encoded
+    try {
+      expect('string', 'key', key)
+      expect('number', 'rate', rate)
+      expect('number', 'count', count)
+      encoded = binding.hybridSuppressedTry(this.#handle, key, rate, count)
+      if (encoded === NEEDS_REDIS) return this.#calls.call(OP_HYBRID_SUPPRESSED_INC, key, rate, count)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return Promise.resolve(suppressedDecision(encoded))
+  }
+
+  /** The key's current suppression factor in [0, 1] (0 for an unknown key). */
+  async getSuppressionFactor(key) {
+    expect('string', 'key', key)
+    return this.#calls.call(OP_HYBRID_SUPPRESSED_FACTOR, key, 1, 0)
+  }
+}
+
 function notConfigured() {
   return trypemaError('TRYPEMA_REDIS_NOT_CONFIGURED', 'this rate limiter was built without a Redis URL')
 }
@@ -255,6 +339,7 @@ class RateLimiter {
   #native
   #redisCalls
   #redis
+  #hybrid
 
   /** Starts configuring a limiter; pass a Redis URL to enable the `redis` and `hybrid` providers. */
   static builder(redisUrl) {
@@ -271,6 +356,9 @@ class RateLimiter {
     this.#redis =
       redisCalls &&
       Object.freeze({ absolute: new RedisAbsolute(redisCalls), suppressed: new RedisSuppressed(redisCalls) })
+    this.#hybrid =
+      redisCalls &&
+      Object.freeze({ absolute: new HybridAbsolute(redisCalls), suppressed: new HybridSuppressed(redisCalls) })
     this.local = Object.freeze({
       absolute: new LocalAbsolute(native),
       suppressed: new LocalSuppressed(native),
@@ -291,8 +379,8 @@ class RateLimiter {
 
   /** Limits shared through Redis, decided locally and synchronised in the background. */
   get hybrid() {
-    if (this.#redis === null) throw notConfigured()
-    throw trypemaError('TRYPEMA_UNSUPPORTED', 'the hybrid provider is not available in this version')
+    if (this.#hybrid === null) throw notConfigured()
+    return this.#hybrid
   }
 
   /** Stops background work and releases all state; later calls fail with `TRYPEMA_CLOSED`. */

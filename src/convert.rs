@@ -85,6 +85,14 @@ impl KeyArg {
         }
     }
 
+    /// The key for the Redis-backed providers, checked but not copied.
+    pub(crate) fn redis_text(&self) -> napi::Result<&str, &'static str> {
+        match self.text() {
+            Ok(key) => trypema::RedisKey::check(key).map(|()| key).map_err(js_error),
+            Err(len) => Err(js_error(trypema::RedisKey::too_long(len))),
+        }
+    }
+
     /// The key for the Redis-backed providers.
     pub(crate) fn redis(&self) -> napi::Result<trypema::RedisKey, &'static str> {
         match self.text() {

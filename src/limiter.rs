@@ -214,7 +214,7 @@ impl NativeRateLimiter {
     }
 }
 
-fn remember(decision: trypema::RateLimitDecision) -> f64 {
+pub(crate) fn remember(decision: trypema::RateLimitDecision) -> f64 {
     LAST_REMAINING.with(|last| {
         let mut remaining = last.get();
         let encoded = convert::encode(decision, &mut remaining);

@@ -19,7 +19,10 @@ use napi::{
     Status,
 };
 use napi_derive::napi;
-use trypema::{redis::RedisKey, redis::RedisProvider, RateLimit, RateLimitDecision, TrypemaError};
+use trypema::{
+    hybrid::HybridProvider, redis::RedisKey, redis::RedisProvider, RateLimit, RateLimitDecision,
+    TrypemaError,
+};
 
 use crate::{
     convert::{self, KeyArg},
@@ -34,6 +37,10 @@ const OP_ABSOLUTE_INC: u32 = 0;
 const OP_ABSOLUTE_IS_ALLOWED: u32 = 1;
 const OP_SUPPRESSED_INC: u32 = 2;
 const OP_SUPPRESSED_FACTOR: u32 = 3;
+const OP_HYBRID_ABSOLUTE_INC: u32 = 4;
+const OP_HYBRID_ABSOLUTE_IS_ALLOWED: u32 = 5;
+const OP_HYBRID_SUPPRESSED_INC: u32 = 6;
+const OP_HYBRID_SUPPRESSED_FACTOR: u32 = 7;
 
 /// Result kinds in the drained buffer, four numbers per result: `id, kind, a, b`.
 const DONE_ALLOWED: f64 = 0.0;
@@ -137,10 +144,14 @@ pub fn redis_enqueue(
         let bridge = limiter.redis_bridge()?;
         let key = key.redis()?;
         let (rate, count) = match op {
-            OP_ABSOLUTE_INC | OP_SUPPRESSED_INC => {
+            OP_ABSOLUTE_INC | OP_SUPPRESSED_INC | OP_HYBRID_ABSOLUTE_INC | OP_HYBRID_SUPPRESSED_INC => {
                 (Some(convert::rate(rate)?), convert::count(count)?)
             }
-            _ => (None, 0),
+            OP_ABSOLUTE_IS_ALLOWED
+            | OP_SUPPRESSED_FACTOR
+            | OP_HYBRID_ABSOLUTE_IS_ALLOWED
+            | OP_HYBRID_SUPPRESSED_FACTOR => (None, 0),
+            _ => return Err(napi::Error::new("TRYPEMA_INVALID_OPERATION", format!("unknown operation {op}"))),
         };
         bridge.queued.borrow_mut().push(Job {
             id,
@@ -153,6 +164,34 @@ pub fn redis_enqueue(
     })
 }
 
+/// `hybrid*Try` result when the call needs Redis: it is then queued like a `redis` call.
+const NEEDS_REDIS: f64 = -2.0;
+
+/// The hybrid absolute fast path: the decision (encoded as for `local`) when the key's lease
+/// or a known-full window decides it, else `NEEDS_REDIS`. No thread hop, no I/O.
+#[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
+pub fn hybrid_absolute_try(handle: u32, key: KeyArg, rate: f64, count: f64) -> napi::Result<f64, &'static str> {
+    with_limiter(handle, |limiter| {
+        limiter.redis_bridge()?;
+        let key = key.redis_text()?;
+        convert::rate(rate)?;
+        let decision = limiter.core.hybrid().absolute().try_inc_locally(key, convert::count(count)?);
+        Ok(decision.map_or(NEEDS_REDIS, crate::limiter::remember))
+    })
+}
+
+/// The hybrid suppressed fast path, like `hybrid_absolute_try`.
+#[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
+pub fn hybrid_suppressed_try(handle: u32, key: KeyArg, rate: f64, count: f64) -> napi::Result<f64, &'static str> {
+    with_limiter(handle, |limiter| {
+        limiter.redis_bridge()?;
+        let key = key.redis_text()?;
+        convert::rate(rate)?;
+        let decision = limiter.core.hybrid().suppressed().try_inc_locally(key, convert::count(count)?);
+        Ok(decision.map_or(NEEDS_REDIS, crate::limiter::remember))
+    })
+}
+
 /// Sends every queued call to the runtime in one hand-off.
 #[napi]
 pub fn redis_flush(handle: u32) -> napi::Result<(), &'static str> {
@@ -162,7 +201,7 @@ pub fn redis_flush(handle: u32) -> napi::Result<(), &'static str> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let provider = limiter.core.redis().clone();
+        let providers = (limiter.core.redis().clone(), limiter.core.hybrid().clone());
         let outbox = bridge.outbox.clone();
         napi::bindgen_prelude::spawn(async move {
             // One task drives the whole batch; its calls are first polled, and so written to
@@ -170,7 +209,7 @@ pub fn redis_flush(handle: u32) -> napi::Result<(), &'static str> {
             let mut running: FuturesUnordered<_> = jobs
                 .iter()
                 .map(|job| async {
-                    let outcome = run(&provider, job).await;
+                    let outcome = run(&providers.0, &providers.1, job).await;
                     outbox.push(job.id, outcome);
                 })
                 .collect();
@@ -180,25 +219,35 @@ pub fn redis_flush(handle: u32) -> napi::Result<(), &'static str> {
     })
 }
 
-async fn run(provider: &RedisProvider, job: &Job) -> Result<[f64; 3], TrypemaError> {
-    let rate = || job.rate.as_ref().expect("rate is validated for inc");
+async fn run(
+    redis: &RedisProvider,
+    hybrid: &HybridProvider,
+    job: &Job,
+) -> Result<[f64; 3], TrypemaError> {
+    // Never panic here: a panic would end the batch's task and strand its Promises.
+    let missing_rate = || TrypemaError::UnexpectedScriptResult("an inc was queued without a rate".into());
+    let rate = || job.rate.as_ref().ok_or_else(missing_rate);
+    let (key, count) = (&job.key, job.count);
     let decision = match job.op {
-        OP_ABSOLUTE_INC => provider.absolute().inc(&job.key, rate(), job.count).await?,
-        OP_ABSOLUTE_IS_ALLOWED => provider.absolute().is_allowed(&job.key).await?,
-        OP_SUPPRESSED_INC => {
-            provider
-                .suppressed()
-                .inc(&job.key, rate(), job.count)
-                .await?
-        }
+        OP_ABSOLUTE_INC => redis.absolute().inc(key, rate()?, count).await?,
+        OP_ABSOLUTE_IS_ALLOWED => redis.absolute().is_allowed(key).await?,
+        OP_SUPPRESSED_INC => redis.suppressed().inc(key, rate()?, count).await?,
+        OP_HYBRID_ABSOLUTE_INC => hybrid.absolute().inc(key, rate()?, count).await?,
+        OP_HYBRID_ABSOLUTE_IS_ALLOWED => hybrid.absolute().is_allowed(key).await?,
+        OP_HYBRID_SUPPRESSED_INC => hybrid.suppressed().inc(key, rate()?, count).await?,
         OP_SUPPRESSED_FACTOR => {
-            let factor = provider
-                .suppressed()
-                .get_suppression_factor(&job.key)
-                .await?;
+            let factor = redis.suppressed().get_suppression_factor(key).await?;
             return Ok([DONE_FACTOR, factor, 0.0]);
         }
-        other => unreachable!("op {other} is rejected by redis_enqueue"),
+        OP_HYBRID_SUPPRESSED_FACTOR => {
+            let factor = hybrid.suppressed().get_suppression_factor(key).await?;
+            return Ok([DONE_FACTOR, factor, 0.0]);
+        }
+        other => {
+            return Err(TrypemaError::UnexpectedScriptResult(format!(
+                "unknown operation {other}"
+            )))
+        }
     };
     Ok(match decision {
         RateLimitDecision::Allowed => [DONE_ALLOWED, 0.0, 0.0],

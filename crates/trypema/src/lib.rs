@@ -20,6 +20,8 @@ mod suppression;
 mod window;
 
 #[cfg(feature = "redis-tokio")]
+pub mod hybrid;
+#[cfg(feature = "redis-tokio")]
 pub mod redis;
 
 pub use decision::RateLimitDecision;

@@ -15,6 +15,8 @@ pub(crate) struct Settings {
     pub(crate) hard_limit_factor: f64,
     pub(crate) suppression_cache_ms: u64,
     pub(crate) stale_after_ms: u64,
+    #[cfg_attr(not(feature = "redis-tokio"), allow(dead_code))]
+    pub(crate) sync_interval_ms: u64,
     pub(crate) clock: Clock,
 }
 
@@ -40,6 +42,8 @@ pub struct RateLimiter {
     local: LocalProvider,
     #[cfg(feature = "redis-tokio")]
     redis: crate::redis::RedisProvider,
+    #[cfg(feature = "redis-tokio")]
+    hybrid: crate::hybrid::HybridProvider,
     _cleanup: Cleanup,
 }
 
@@ -78,6 +82,12 @@ impl RateLimiter {
     #[cfg(feature = "redis-tokio")]
     pub fn redis(&self) -> &crate::redis::RedisProvider {
         &self.redis
+    }
+
+    /// Limits shared through Redis, decided locally and synchronised in the background.
+    #[cfg(feature = "redis-tokio")]
+    pub fn hybrid(&self) -> &crate::hybrid::HybridProvider {
+        &self.hybrid
     }
 }
 
@@ -168,8 +178,7 @@ impl RateLimiterBuilder {
             Ok(SuppressionFactorCacheMs::default()),
             SuppressionFactorCacheMs::new,
         )?;
-        // Only the hybrid provider syncs, but a bad value should fail here, not later.
-        let _sync_interval = self
+        let sync_interval = self
             .sync_interval_ms
             .map_or(Ok(SyncIntervalMs::default()), SyncIntervalMs::new)?;
         let cleanup_interval = self
@@ -191,16 +200,25 @@ impl RateLimiterBuilder {
             hard_limit_factor: hard_limit_factor.get(),
             suppression_cache_ms: suppression_cache.get(),
             stale_after_ms: stale_after.get(),
+            sync_interval_ms: sync_interval.get(),
             clock: Clock::new(self.clock.unwrap_or_default()),
         };
         let local = LocalProvider::new(settings.clone());
-        let sweepers = local.sweepers();
+        #[cfg_attr(not(feature = "redis-tokio"), allow(unused_mut))]
+        let mut sweepers = local.sweepers();
         #[cfg(feature = "redis-tokio")]
-        let redis = crate::redis::RedisProvider::new(self.connection, prefix, settings);
+        let (redis, hybrid) = {
+            let context = crate::redis::RedisContext::new(self.connection, prefix, settings);
+            let hybrid = crate::hybrid::HybridProvider::new(context.clone());
+            sweepers.extend(hybrid.sweepers());
+            (crate::redis::RedisProvider::new(context), hybrid)
+        };
         Ok(RateLimiter {
             local,
             #[cfg(feature = "redis-tokio")]
             redis,
+            #[cfg(feature = "redis-tokio")]
+            hybrid,
             _cleanup: Cleanup::start(Duration::from_millis(cleanup_interval.get()), sweepers),
         })
     }

@@ -26,8 +26,13 @@ impl RedisKey {
     /// Validates `value`.
     pub fn new(value: impl Into<String>) -> Result<Self, TrypemaError> {
         let value = value.into();
-        check(&value).map_err(|reason| TrypemaError::InvalidRedisKey(format!("a key {reason}")))?;
+        Self::check(&value)?;
         Ok(Self(value))
+    }
+
+    /// Checks `value` against the key rules without allocating.
+    pub fn check(value: &str) -> Result<(), TrypemaError> {
+        check(value).map_err(|reason| TrypemaError::InvalidRedisKey(format!("a key {reason}")))
     }
 
     /// Like [`Self::new`], panicking on an invalid value; for constants.

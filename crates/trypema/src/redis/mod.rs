@@ -28,17 +28,7 @@ pub struct RedisProvider {
 }
 
 impl RedisProvider {
-    pub(crate) fn new(
-        connection: Option<ConnectionManager>,
-        prefix: RedisKey,
-        settings: Settings,
-    ) -> Self {
-        let context = Arc::new(RedisContext {
-            connection,
-            prefix,
-            settings,
-            clock: ServerClock::default(),
-        });
+    pub(crate) fn new(context: Arc<RedisContext>) -> Self {
         Self {
             absolute: AbsoluteRedisRateLimiter::new(context.clone()),
             suppressed: SuppressedRedisRateLimiter::new(context),
@@ -65,6 +55,19 @@ pub(crate) struct RedisContext {
 }
 
 impl RedisContext {
+    pub(crate) fn new(
+        connection: Option<ConnectionManager>,
+        prefix: RedisKey,
+        settings: Settings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            connection,
+            prefix,
+            settings,
+            clock: ServerClock::default(),
+        })
+    }
+
     /// The keys holding `key`'s state for one strategy (`tag` is `a` or `s`): header, buckets.
     pub(crate) fn entity_keys(&self, key: &RedisKey, tag: &str) -> [String; 2] {
         let header = format!("{{{}:{}}}:{tag}", self.prefix.as_str(), key.as_str());
