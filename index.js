@@ -8,6 +8,9 @@ const binding = require('./binding.js')
 const { NativeRateLimiter } = binding
 
 const ALLOWED = Object.freeze({ kind: 'allowed' })
+// Locally decided hybrid calls that are allowed all return this one settled Promise: awaiting
+// it costs a microtask, and nothing is allocated per call.
+const SETTLED_ALLOWED = Promise.resolve(ALLOWED)
 
 function describe(value) {
   if (value === null) return 'null'
@@ -288,7 +291,7 @@ class HybridAbsolute {
     } catch (error) {
       return Promise.reject(error)
     }
-    return Promise.resolve(absoluteDecision(this.#windowSizeSeconds, encoded))
+    return encoded < 0 ? SETTLED_ALLOWED : Promise.resolve(absoluteDecision(this.#windowSizeSeconds, encoded))
   }
 
   /** Whether one more call would be admitted now; records nothing. */
@@ -321,7 +324,7 @@ class HybridSuppressed {
     } catch (error) {
       return Promise.reject(error)
     }
-    return Promise.resolve(suppressedDecision(encoded))
+    return encoded < 0 ? SETTLED_ALLOWED : Promise.resolve(suppressedDecision(encoded))
   }
 
   /** The key's current suppression factor in [0, 1] (0 for an unknown key). */

@@ -8,7 +8,7 @@
 import express from 'express'
 import net from 'node:net'
 import { RateLimiter } from 'trypema'
-import { rateLimit } from 'trypema/express'
+import { defaultKey, rateLimit } from 'trypema/express'
 import { startRedis, redisServerInstalled, freePort } from '../scripts/redis-server.mjs'
 
 const HOST = '127.0.0.1'
@@ -62,6 +62,9 @@ try {
 
 const HELLO_RATE = 2 // per second: 20 requests per 10 s window per client
 const SEARCH_RATE = 3 // per second: soft 30, hard 45 per window per client
+const FEED_RATE = 5 // per second: 50 per 10 s window per client, served from local leases
+// The hybrid provider needs Redis too; without it the feed route falls back to local as well.
+const feedProvider = provider === 'local' ? 'local' : 'hybrid'
 
 const ROUTES = [
   { method: 'GET', path: '/', description: 'this list (not limited)' },
@@ -74,6 +77,11 @@ const ROUTES = [
     method: 'GET',
     path: '/api/search?q=rust',
     description: `${provider} suppressed, ${SEARCH_RATE}/s: above it a growing share gets 503`,
+  },
+  {
+    method: 'GET',
+    path: '/api/feed',
+    description: `${feedProvider} absolute, ${FEED_RATE}/s → ${FEED_RATE * WINDOW_SECONDS} per ${WINDOW_SECONDS} s (decided locally, synced with Redis), then 429`,
   },
 ]
 
@@ -97,6 +105,20 @@ app.get(
     const q = String(req.query.q ?? '')
     res.json({ query: q, results: [`${q} book`, `${q} crate`, `${q} tutorial`] })
   },
+)
+
+app.get(
+  '/api/feed',
+  rateLimit({
+    limiter,
+    provider: feedProvider,
+    strategy: 'absolute',
+    rate: FEED_RATE,
+    policyName: 'feed',
+    // Its own count per client: /api/hello also limits the client's IP with the absolute strategy.
+    key: (req) => `feed/${defaultKey(req)}`,
+  }),
+  (req, res) => res.json({ items: ['release notes', 'benchmarks', 'changelog'] }),
 )
 
 async function portToUse() {
@@ -143,6 +165,7 @@ if (!demo) {
   console.log(`  curl -i ${base}/api/hello`)
   console.log(`  for i in $(seq 25); do curl -s -o /dev/null -w '%{http_code} ' ${base}/api/hello; done; echo`)
   console.log(`  curl -i '${base}/api/search?q=rust'`)
+  console.log(`  curl -i ${base}/api/feed`)
   console.log(`  npm start -- --demo     # burst every route and print a summary`)
   console.log('\nCtrl+C to stop.')
 }
@@ -233,7 +256,7 @@ if (demo) {
         `(provider ${provider}${redis !== null ? `, private redis-server ${redisUrl}` : ''})`,
     )
     const rows = []
-    for (const path of ['/api/hello', '/api/search?q=rust']) {
+    for (const path of ['/api/hello', '/api/search?q=rust', '/api/feed']) {
       rows.push({ path, counts: await burst(path) })
     }
     console.log()
@@ -241,7 +264,8 @@ if (demo) {
     console.log(
       `\n/api/hello admits ${HELLO_RATE * WINDOW_SECONDS} per ${WINDOW_SECONDS} s window, then answers 429 with Retry-After.` +
         `\n/api/search admits ${SEARCH_RATE * WINDOW_SECONDS} per window, then sheds a growing share (503),` +
-        ` never admitting more than ${SEARCH_RATE * WINDOW_SECONDS * 1.5}.`,
+        ` never admitting more than ${SEARCH_RATE * WINDOW_SECONDS * 1.5}.` +
+        `\n/api/feed admits ${FEED_RATE * WINDOW_SECONDS} per window (${feedProvider}: decided from a local lease), then 429.`,
     )
   } catch (error) {
     console.error(error)

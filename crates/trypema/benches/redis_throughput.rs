@@ -1,7 +1,8 @@
 //! `cargo bench -p trypema --features redis-tokio --bench redis_throughput`: calls per second of
-//! the Redis provider's `inc` (absolute, then suppressed) from 256 tokio tasks sharing one
-//! `RateLimiter` over 1000 keys, with a rate so high that every call is allowed, plus the Redis
-//! server's own time per `EVALSHA` from `INFO commandstats`.
+//! the `redis` and `hybrid` providers' `inc` (absolute, then suppressed) from 256 tokio tasks
+//! sharing one `RateLimiter` over 1000 keys, with a rate so high that every call is allowed,
+//! plus the `EVALSHA`s per call and the Redis server's own time per `EVALSHA` from
+//! `INFO commandstats`.
 //!
 //! Redis: `TRYPEMA_BENCH_REDIS_URL`, else `TRYPEMA_TEST_REDIS_URL`. The server's command
 //! statistics count every client, so run it against a Redis nothing else is using.
@@ -22,6 +23,12 @@ const KEYS: usize = 1000;
 const RUN_FOR: Duration = Duration::from_secs(3);
 /// High enough that neither strategy ever rejects or suppresses.
 const RATE: f64 = 1.0e9;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Provider {
+    Redis,
+    Hybrid,
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Strategy {
@@ -61,10 +68,20 @@ async fn evalsha_stats(admin: &mut ConnectionManager) -> (u64, u64) {
     (field("calls"), field("usec"))
 }
 
-async fn one_call(rl: &RateLimiter, strategy: Strategy, key: &RedisKey, rate: &RateLimit) -> bool {
-    let decision = match strategy {
-        Strategy::Absolute => rl.redis().absolute().inc(key, rate, 1).await,
-        Strategy::Suppressed => rl.redis().suppressed().inc(key, rate, 1).await,
+async fn one_call(
+    rl: &RateLimiter,
+    provider: Provider,
+    strategy: Strategy,
+    key: &RedisKey,
+    rate: &RateLimit,
+) -> bool {
+    let decision = match (provider, strategy) {
+        (Provider::Redis, Strategy::Absolute) => rl.redis().absolute().inc(key, rate, 1).await,
+        (Provider::Redis, Strategy::Suppressed) => rl.redis().suppressed().inc(key, rate, 1).await,
+        (Provider::Hybrid, Strategy::Absolute) => rl.hybrid().absolute().inc(key, rate, 1).await,
+        (Provider::Hybrid, Strategy::Suppressed) => {
+            rl.hybrid().suppressed().inc(key, rate, 1).await
+        }
     };
     matches!(
         decision.expect("redis call failed"),
@@ -73,6 +90,7 @@ async fn one_call(rl: &RateLimiter, strategy: Strategy, key: &RedisKey, rate: &R
 }
 
 struct Row {
+    provider: Provider,
     strategy: Strategy,
     calls: u64,
     ops_per_sec: f64,
@@ -84,31 +102,66 @@ async fn measure(
     rl: &Arc<RateLimiter>,
     keys: &Arc<Vec<RedisKey>>,
     admin: &mut ConnectionManager,
+    provider: Provider,
     strategy: Strategy,
 ) -> Row {
     let rate = RateLimit::try_from(RATE).expect("valid rate");
     // Warm up: every key has its state and the script is loaded before timing starts.
     for key in keys.iter() {
-        assert!(one_call(rl, strategy, key, &rate).await);
+        assert!(one_call(rl, provider, strategy, key, &rate).await);
+    }
+    if provider == Provider::Hybrid {
+        // A second of traffic sizes every key's lease to its demand.
+        run_calls(rl, keys, provider, strategy, &rate, Duration::from_secs(1)).await;
     }
     let (calls_before, usec_before) = evalsha_stats(admin).await;
+    let started = Instant::now();
+    let (calls, not_allowed) = run_calls(rl, keys, provider, strategy, &rate, RUN_FOR).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (calls_after, usec_after) = evalsha_stats(admin).await;
+    assert_eq!(not_allowed, 0, "every call should be allowed at this rate");
+    let evalsha_calls = calls_after.saturating_sub(calls_before);
+    Row {
+        provider,
+        strategy,
+        calls,
+        ops_per_sec: calls as f64 / elapsed,
+        evalsha_calls,
+        usec_per_call: usec_after.saturating_sub(usec_before) as f64 / evalsha_calls.max(1) as f64,
+    }
+}
+
+/// `TASKS` tasks calling for `run_for`; returns (calls, calls not allowed).
+async fn run_calls(
+    rl: &Arc<RateLimiter>,
+    keys: &Arc<Vec<RedisKey>>,
+    provider: Provider,
+    strategy: Strategy,
+    rate: &RateLimit,
+    run_for: Duration,
+) -> (u64, u64) {
     let calls = Arc::new(AtomicU64::new(0));
     let not_allowed = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + RUN_FOR;
+    let deadline = Instant::now() + run_for;
     let tasks: Vec<_> = (0..TASKS)
         .map(|task| {
             let (rl, keys, calls, not_allowed) =
                 (rl.clone(), keys.clone(), calls.clone(), not_allowed.clone());
+            let rate = *rate;
             tokio::spawn(async move {
                 let mut i = task * 7919;
-                let mut done = 0;
+                let mut done = 0u64;
                 while Instant::now() < deadline {
-                    if !one_call(&rl, strategy, &keys[i % KEYS], &rate).await {
+                    if !one_call(&rl, provider, strategy, &keys[i % KEYS], &rate).await {
                         not_allowed.fetch_add(1, Ordering::Relaxed);
                     }
                     i += 1;
                     done += 1;
+                    // Hybrid calls complete without awaiting I/O, so let the other tasks (and
+                    // the sync task) run now and then, as any request handler would.
+                    if done % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 calls.fetch_add(done, Ordering::Relaxed);
             })
@@ -117,22 +170,10 @@ async fn measure(
     for task in tasks {
         task.await.expect("benchmark task panicked");
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let (calls_after, usec_after) = evalsha_stats(admin).await;
-    assert_eq!(
+    (
+        calls.load(Ordering::Relaxed),
         not_allowed.load(Ordering::Relaxed),
-        0,
-        "every call should be allowed at this rate"
-    );
-    let calls = calls.load(Ordering::Relaxed);
-    let evalsha_calls = calls_after.saturating_sub(calls_before);
-    Row {
-        strategy,
-        calls,
-        ops_per_sec: calls as f64 / elapsed,
-        evalsha_calls,
-        usec_per_call: usec_after.saturating_sub(usec_before) as f64 / evalsha_calls.max(1) as f64,
-    }
+    )
 }
 
 fn main() {
@@ -175,27 +216,34 @@ fn main() {
                 .collect(),
         );
         let mut rows = Vec::new();
-        for strategy in [Strategy::Absolute, Strategy::Suppressed] {
-            rows.push(measure(&rl, &keys, &mut admin, strategy).await);
+        for provider in [Provider::Redis, Provider::Hybrid] {
+            for strategy in [Strategy::Absolute, Strategy::Suppressed] {
+                rows.push(measure(&rl, &keys, &mut admin, provider, strategy).await);
+            }
         }
         rows
     });
 
     println!(
-        "redis provider: {TASKS} tasks sharing one RateLimiter, {KEYS} keys, {} s per strategy, all allowed",
+        "redis and hybrid providers: {TASKS} tokio tasks sharing one RateLimiter, {KEYS} keys, {} s per row, all allowed",
         RUN_FOR.as_secs()
     );
     println!(
-        "{:<16} {:>10} {:>12} {:>14} {:>16}",
-        "call", "calls", "ops/s", "evalsha calls", "redis µs/call"
+        "{:<26} {:>10} {:>12} {:>14} {:>16} {:>16}",
+        "call", "calls", "ops/s", "evalsha calls", "evalsha per call", "redis µs/evalsha"
     );
     for row in &rows {
+        let provider = match row.provider {
+            Provider::Redis => "redis",
+            Provider::Hybrid => "hybrid",
+        };
         println!(
-            "{:<16} {:>10} {:>12.0} {:>14} {:>16.2}",
-            row.strategy.name(),
+            "{:<26} {:>10} {:>12.0} {:>14} {:>16.5} {:>16.2}",
+            format!("{provider} {}", row.strategy.name()),
             row.calls,
             row.ops_per_sec,
             row.evalsha_calls,
+            row.evalsha_calls as f64 / row.calls.max(1) as f64,
             row.usec_per_call
         );
     }

@@ -110,7 +110,11 @@ impl LeaseEntry {
         if now_ms < self.full_until.load(Ordering::Acquire) {
             return Some(RateLimitDecision::Rejected {
                 window_size_seconds: window_seconds,
-                retry_after_ms: self.retry_at.load(Ordering::Acquire).saturating_sub(now_ms).max(1),
+                retry_after_ms: self
+                    .retry_at
+                    .load(Ordering::Acquire)
+                    .saturating_sub(now_ms)
+                    .max(1),
                 remaining_after_waiting: self.remaining_after_waiting.load(Ordering::Acquire),
             });
         }
@@ -121,12 +125,13 @@ impl LeaseEntry {
 impl AbsoluteState {
     pub(crate) fn new(redis: Arc<RedisContext>, signal: Arc<SyncSignal>) -> Self {
         let settings = redis.settings();
-        // Long enough to serve many calls per round trip, short enough that a lease's delayed
-        // release (it stays counted a window after it ends) costs at most 5% of the window.
-        let lease_ms = (settings.sync_interval_ms * 10)
-            .min(settings.window_ms / 20)
-            .max(settings.sync_interval_ms.min(settings.window_ms / 20))
-            .max(1);
+        // A twentieth of the window: long enough to serve many calls per round trip, short
+        // enough that a lease's delayed release (it stays counted a window after it ends)
+        // costs at most 5% of the window. At least a few sync intervals, so renewals (which
+        // happen at syncs) come before it ends.
+        let lease_ms = (settings.window_ms / 20)
+            .max(4 * settings.sync_interval_ms)
+            .min(settings.window_ms);
         Self {
             redis,
             signal,
@@ -158,7 +163,10 @@ impl AbsoluteState {
             let entry = item.value();
             let wanted = entry.wanted.load(Ordering::Acquire);
             let lease_until = entry.lease_until.load(Ordering::Acquire);
-            let mut book = entry.book.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut book = entry
+                .book
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             // Leases in use are renewed before they end, so busy keys never wait for Redis.
             let ending = book.granted > 0 && now + renew_margin >= lease_until;
             let in_use = entry.quota.load(Ordering::Acquire) < book.granted;
@@ -178,7 +186,9 @@ impl AbsoluteState {
             let elapsed = now.saturating_sub(book.granted_at).max(1);
             let request = if wanted == 0 && demand == 0 {
                 0
-            } else if demand == 0 {
+            } else if book.granted == 0 {
+                // No lease to learn from (a new or idle key): start generously, not at the
+                // one call that is waiting, or a busy key would crawl up from tiny leases.
                 (capacity / 64).max(1)
             } else {
                 let projected = demand.saturating_mul(self.lease_ms) / elapsed.min(self.lease_ms);
@@ -206,11 +216,15 @@ impl AbsoluteState {
         let calls: Vec<_> = work
             .iter()
             .map(|(key, _, _, args)| {
-                let key = RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
+                let key =
+                    RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
                 (self.redis.entity_keys(&key, "a"), args.clone())
             })
             .collect();
-        let results = self.redis.run_batch(&script::SCRIPT, script::SOURCE, &calls).await;
+        let results = self
+            .redis
+            .run_batch(&script::SCRIPT, script::SOURCE, &calls)
+            .await;
         for (index, (_, entry, request, _)) in work.iter().enumerate() {
             let outcome = match &results {
                 Ok(values) => lease_reply(values.get(index)),
@@ -218,17 +232,24 @@ impl AbsoluteState {
             };
             match outcome {
                 Ok([granted, start, retry_after, remaining]) => {
-                    let mut book = entry.book.lock().unwrap_or_else(|poison| poison.into_inner());
+                    let mut book = entry
+                        .book
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner());
                     book.granted = granted;
                     book.granted_at = now;
                     book.lease_start = start;
                     drop(book);
                     entry.granted.store(granted, Ordering::Relaxed);
                     entry.quota.store(granted, Ordering::Release);
-                    entry.lease_until.store(now + self.lease_ms, Ordering::Release);
+                    entry
+                        .lease_until
+                        .store(now + self.lease_ms, Ordering::Release);
                     if granted < *request {
                         entry.retry_at.store(now + retry_after, Ordering::Release);
-                        entry.remaining_after_waiting.store(remaining, Ordering::Release);
+                        entry
+                            .remaining_after_waiting
+                            .store(remaining, Ordering::Release);
                         entry
                             .full_until
                             .store(now + retry_after.min(self.lease_ms), Ordering::Release);
@@ -307,7 +328,9 @@ impl AbsoluteHybridRateLimiter {
                 .entry(Box::from(key.as_str()))
                 .or_insert_with(|| Arc::new(LeaseEntry::new(capacity, now)))
                 .clone();
-            if let Some(decision) = entry.decide_locally(now, count, window_seconds, &self.state.signal) {
+            if let Some(decision) =
+                entry.decide_locally(now, count, window_seconds, &self.state.signal)
+            {
                 return Ok(decision);
             }
             let register = || {
@@ -333,9 +356,12 @@ impl AbsoluteHybridRateLimiter {
             {
                 return Ok(RateLimitDecision::Allowed);
             }
-            if let Some(rejected @ RateLimitDecision::Rejected { .. }) =
-                entry.decide_locally(now, u64::MAX, self.state.window_seconds(), &self.state.signal)
-            {
+            if let Some(rejected @ RateLimitDecision::Rejected { .. }) = entry.decide_locally(
+                now,
+                u64::MAX,
+                self.state.window_seconds(),
+                &self.state.signal,
+            ) {
                 return Ok(rejected);
             }
         }
@@ -352,7 +378,11 @@ impl Sweep for AbsoluteState {
         // A key is only forgotten once its lease is closed, so no reserved quota is lost.
         self.entries.retain(|_, entry| {
             now.saturating_sub(entry.last_seen.load(Ordering::Relaxed)) <= stale_after
-                || entry.book.lock().map(|book| book.granted > 0).unwrap_or(true)
+                || entry
+                    .book
+                    .lock()
+                    .map(|book| book.granted > 0)
+                    .unwrap_or(true)
         });
     }
 }

@@ -118,7 +118,12 @@ impl Service {
         tokio::time::timeout(WAIT_LIMIT, waiting)
             .await
             .map_err(|_| sync_error("no answer from Redis in time".into()))?;
-        match self.failure.lock().unwrap_or_else(|poison| poison.into_inner()).clone() {
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+        {
             Some(message) => Err(sync_error(message)),
             None => Ok(()),
         }
@@ -126,7 +131,10 @@ impl Service {
 
     /// Called by the sync task once it has handled the key.
     pub(crate) fn finish(&self, failure: Option<String>) {
-        *self.failure.lock().unwrap_or_else(|poison| poison.into_inner()) = failure;
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = failure;
         self.served.fetch_add(1, Ordering::AcqRel);
         self.done.notify_waiters();
     }

@@ -121,7 +121,10 @@ impl SuppressedState {
         let mut work = Vec::new();
         for item in self.entries.iter() {
             let entry = item.value();
-            let mut view = entry.view.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut view = entry
+                .view
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             let wanted = entry.wanted.swap(false, Ordering::AcqRel);
             if !wanted && view.pending_observed == 0 && view.pending_declined == 0 {
                 continue;
@@ -148,17 +151,24 @@ impl SuppressedState {
         let calls: Vec<_> = work
             .iter()
             .map(|(key, _, args)| {
-                let key = RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
+                let key =
+                    RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
                 (self.redis.entity_keys(&key, "s"), args.clone())
             })
             .collect();
-        let results = self.redis.run_batch(&script::SCRIPT, script::SOURCE, &calls).await;
+        let results = self
+            .redis
+            .run_batch(&script::SCRIPT, script::SOURCE, &calls)
+            .await;
         for (index, (_, entry, _)) in work.iter().enumerate() {
             let outcome = match &results {
                 Ok(values) => totals_reply(values.get(index)),
                 Err(error) => Err(error.to_string()),
             };
-            let mut view = entry.view.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut view = entry
+                .view
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             match outcome {
                 Ok([observed, declined, last_second, rate]) => {
                     view.observed = observed;
@@ -232,7 +242,10 @@ impl SuppressedHybridRateLimiter {
         let now = self.state.now_ms();
         let entry = self.state.entries.get(key)?;
         entry.last_seen.store(now, Ordering::Relaxed);
-        let mut view = entry.view.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut view = entry
+            .view
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         let limits = self.state.usable(&view, now)?;
         Some(view.inc(&limits, count))
     }
@@ -249,8 +262,13 @@ impl SuppressedHybridRateLimiter {
             return Ok(decision);
         }
         let entry = self.refreshed(key, rate).await?;
-        let mut view = entry.view.lock().unwrap_or_else(|poison| poison.into_inner());
-        let limits = view.limits.unwrap_or_else(|| self.state.redis.settings().suppression_limits(rate));
+        let mut view = entry
+            .view
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let limits = view
+            .limits
+            .unwrap_or_else(|| self.state.redis.settings().suppression_limits(rate));
         Ok(view.inc(&limits, count))
     }
 
@@ -258,7 +276,10 @@ impl SuppressedHybridRateLimiter {
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, TrypemaError> {
         let now = self.state.now_ms();
         if let Some(entry) = self.state.entries.get(key.as_str()) {
-            let view = entry.view.lock().unwrap_or_else(|poison| poison.into_inner());
+            let view = entry
+                .view
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
             if let Some(limits) = self.state.usable(&view, now) {
                 return Ok(view.factor(&limits, view.accepted()));
             }
@@ -269,7 +290,11 @@ impl SuppressedHybridRateLimiter {
     }
 
     /// The key's entry after one sync has read its totals from Redis.
-    async fn refreshed(&self, key: &RedisKey, rate: &RateLimit) -> Result<Arc<SharedEntry>, TrypemaError> {
+    async fn refreshed(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+    ) -> Result<Arc<SharedEntry>, TrypemaError> {
         self.task.ensure_started();
         let now = self.state.now_ms();
         let entry = self
@@ -312,7 +337,9 @@ impl Sweep for SuppressedState {
                 || entry
                     .view
                     .lock()
-                    .map(|view| view.pending_observed + view.pending_declined + view.sending_observed > 0)
+                    .map(|view| {
+                        view.pending_observed + view.pending_declined + view.sending_observed > 0
+                    })
                     .unwrap_or(true)
         });
     }

@@ -139,9 +139,7 @@ impl RedisContext {
         let mut results: Vec<redis::Value> = pipeline(script.get_hash())
             .query_async(&mut connection)
             .await?;
-        let missing = |value: &redis::Value| {
-            matches!(value, redis::Value::ServerError(error) if error.code() == "NOSCRIPT")
-        };
+        let missing = |value: &redis::Value| matches!(value, redis::Value::ServerError(error) if error.code() == "NOSCRIPT");
         if results.iter().any(missing) {
             redis::cmd("SCRIPT")
                 .arg("LOAD")
