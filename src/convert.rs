@@ -88,7 +88,9 @@ impl KeyArg {
     /// The key for the Redis-backed providers, checked but not copied.
     pub(crate) fn redis_text(&self) -> napi::Result<&str, &'static str> {
         match self.text() {
-            Ok(key) => trypema::RedisKey::check(key).map(|()| key).map_err(js_error),
+            Ok(key) => trypema::RedisKey::check(key)
+                .map(|()| key)
+                .map_err(js_error),
             Err(len) => Err(js_error(trypema::RedisKey::too_long(len))),
         }
     }

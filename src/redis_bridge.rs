@@ -144,14 +144,20 @@ pub fn redis_enqueue(
         let bridge = limiter.redis_bridge()?;
         let key = key.redis()?;
         let (rate, count) = match op {
-            OP_ABSOLUTE_INC | OP_SUPPRESSED_INC | OP_HYBRID_ABSOLUTE_INC | OP_HYBRID_SUPPRESSED_INC => {
-                (Some(convert::rate(rate)?), convert::count(count)?)
-            }
+            OP_ABSOLUTE_INC
+            | OP_SUPPRESSED_INC
+            | OP_HYBRID_ABSOLUTE_INC
+            | OP_HYBRID_SUPPRESSED_INC => (Some(convert::rate(rate)?), convert::count(count)?),
             OP_ABSOLUTE_IS_ALLOWED
             | OP_SUPPRESSED_FACTOR
             | OP_HYBRID_ABSOLUTE_IS_ALLOWED
             | OP_HYBRID_SUPPRESSED_FACTOR => (None, 0),
-            _ => return Err(napi::Error::new("TRYPEMA_INVALID_OPERATION", format!("unknown operation {op}"))),
+            _ => {
+                return Err(napi::Error::new(
+                    "TRYPEMA_INVALID_OPERATION",
+                    format!("unknown operation {op}"),
+                ))
+            }
         };
         bridge.queued.borrow_mut().push(Job {
             id,
@@ -170,24 +176,42 @@ const NEEDS_REDIS: f64 = -2.0;
 /// The hybrid absolute fast path: the decision (encoded as for `local`) when the key's lease
 /// or a known-full window decides it, else `NEEDS_REDIS`. No thread hop, no I/O.
 #[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn hybrid_absolute_try(handle: u32, key: KeyArg, rate: f64, count: f64) -> napi::Result<f64, &'static str> {
+pub fn hybrid_absolute_try(
+    handle: u32,
+    key: KeyArg,
+    rate: f64,
+    count: f64,
+) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
         limiter.redis_bridge()?;
         let key = key.redis_text()?;
         convert::rate(rate)?;
-        let decision = limiter.core.hybrid().absolute().try_inc_locally(key, convert::count(count)?);
+        let decision = limiter
+            .core
+            .hybrid()
+            .absolute()
+            .try_inc_locally(key, convert::count(count)?);
         Ok(decision.map_or(NEEDS_REDIS, crate::limiter::remember))
     })
 }
 
 /// The hybrid suppressed fast path, like `hybrid_absolute_try`.
 #[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn hybrid_suppressed_try(handle: u32, key: KeyArg, rate: f64, count: f64) -> napi::Result<f64, &'static str> {
+pub fn hybrid_suppressed_try(
+    handle: u32,
+    key: KeyArg,
+    rate: f64,
+    count: f64,
+) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
         limiter.redis_bridge()?;
         let key = key.redis_text()?;
         convert::rate(rate)?;
-        let decision = limiter.core.hybrid().suppressed().try_inc_locally(key, convert::count(count)?);
+        let decision = limiter
+            .core
+            .hybrid()
+            .suppressed()
+            .try_inc_locally(key, convert::count(count)?);
         Ok(decision.map_or(NEEDS_REDIS, crate::limiter::remember))
     })
 }
@@ -225,7 +249,8 @@ async fn run(
     job: &Job,
 ) -> Result<[f64; 3], TrypemaError> {
     // Never panic here: a panic would end the batch's task and strand its Promises.
-    let missing_rate = || TrypemaError::UnexpectedScriptResult("an inc was queued without a rate".into());
+    let missing_rate =
+        || TrypemaError::UnexpectedScriptResult("an inc was queued without a rate".into());
     let rate = || job.rate.as_ref().ok_or_else(missing_rate);
     let (key, count) = (&job.key, job.count);
     let decision = match job.op {
