@@ -196,19 +196,16 @@ impl AbsoluteState {
             }
             .max(wanted)
             .min(capacity.max(wanted));
-            let args = vec![
-                "lease".to_string(),
-                settings.window_ms.to_string(),
-                settings.group_ms.to_string(),
-                capacity.to_string(),
-                request.to_string(),
-                self.lease_ms.to_string(),
-                left.to_string(),
-                book.lease_start.to_string(),
-            ];
+            let call = script::script_call(
+                settings,
+                script::LEASE,
+                capacity,
+                request,
+                [self.lease_ms, left, book.lease_start],
+            );
             book.granted = 0;
             drop(book);
-            work.push((item.key().to_string(), entry.clone(), request, args));
+            work.push((item.key().to_string(), entry.clone(), request, call));
         }
         if work.is_empty() {
             return;

@@ -133,17 +133,15 @@ impl SuppressedState {
             view.sending_declined = view.pending_declined;
             view.pending_observed = 0;
             view.pending_declined = 0;
-            let args = vec![
-                "sync".to_string(),
-                settings.window_ms.to_string(),
-                settings.group_ms.to_string(),
-                view.rate.to_string(),
-                view.sending_observed.to_string(),
-                settings.hard_limit_factor.to_string(),
-                view.sending_declined.to_string(),
-            ];
+            let call = script::script_call(
+                settings,
+                script::SYNC,
+                view.rate,
+                view.sending_observed,
+                view.sending_declined as f64,
+            );
             drop(view);
-            work.push((item.key().to_string(), entry.clone(), args));
+            work.push((item.key().to_string(), entry.clone(), call));
         }
         if work.is_empty() {
             return;

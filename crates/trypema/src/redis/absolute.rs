@@ -2,11 +2,39 @@ use std::sync::{Arc, LazyLock};
 
 use redis::Script;
 
-use super::{unexpected, RedisContext, RedisKey};
-use crate::{RateLimit, RateLimitDecision, TrypemaError};
+use super::{unexpected, RedisContext, RedisKey, ScriptCall};
+use crate::{limiter::Settings, RateLimit, RateLimitDecision, TrypemaError};
 
 pub(crate) const SOURCE: &str = include_str!("absolute.lua");
 pub(crate) static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
+
+/// The script's modes.
+pub(crate) const INC: f64 = 1.0;
+pub(crate) const CHECK: f64 = 2.0;
+pub(crate) const LEASE: f64 = 3.0;
+
+/// A call of the absolute script; `lease` is `[lease_ms, returned, returned_start]`.
+pub(crate) fn script_call(
+    settings: &Settings,
+    mode: f64,
+    capacity: u64,
+    count: u64,
+    lease: [u64; 3],
+) -> ScriptCall {
+    let [lease_ms, returned, returned_start] = lease;
+    ScriptCall {
+        mode,
+        args: [
+            settings.window_ms as f64,
+            settings.group_ms as f64,
+            capacity as f64,
+            count as f64,
+            lease_ms as f64,
+            returned as f64,
+            returned_start as f64,
+        ],
+    }
+}
 
 /// Absolute strategy in Redis: exact across every process sharing the Redis and prefix.
 #[derive(Clone)]
@@ -28,39 +56,20 @@ impl AbsoluteRedisRateLimiter {
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
         let settings = &self.context.settings;
+        let call = script_call(settings, INC, settings.capacity(rate), count, [0; 3]);
         let reply = self
             .context
-            .run(
-                &SCRIPT,
-                self.context.entity_keys(key, "a"),
-                &[
-                    &"inc",
-                    &settings.window_ms,
-                    &settings.group_ms,
-                    &settings.capacity(rate),
-                    &count,
-                ],
-            )
+            .run(&SCRIPT, self.context.entity_keys(key, "a"), call)
             .await?;
         self.decision(reply)
     }
 
     /// Whether one more call would currently be admitted; records nothing.
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, TrypemaError> {
-        let settings = &self.context.settings;
+        let call = script_call(&self.context.settings, CHECK, 0, 0, [0; 3]);
         let reply = self
             .context
-            .run(
-                &SCRIPT,
-                self.context.entity_keys(key, "a"),
-                &[
-                    &"check",
-                    &settings.window_ms,
-                    &settings.group_ms,
-                    &0u64,
-                    &0u64,
-                ],
-            )
+            .run(&SCRIPT, self.context.entity_keys(key, "a"), call)
             .await?;
         self.decision(reply)
     }

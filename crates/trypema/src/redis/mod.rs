@@ -76,44 +76,34 @@ impl RedisContext {
     }
 
     /// Runs `script` on an entity's keys: `EVALSHA`, loading the script only on NOSCRIPT.
-    /// The server time is inserted as the second argument, after the mode.
     pub(crate) async fn run<T: FromRedisValue>(
         &self,
         script: &Script,
         keys: [String; 2],
-        args: &[&dyn ScriptArg],
+        call: ScriptCall,
     ) -> Result<T, TrypemaError> {
         let mut connection = self
             .connection
             .clone()
             .ok_or(TrypemaError::RedisNotConfigured)?;
-        let mut invocation = script.key(&keys[0]);
-        invocation.key(&keys[1]);
         let now = self.clock.now_ms(&mut connection).await?;
-        for (index, arg) in args.iter().enumerate() {
-            if index == 1 {
-                invocation.arg(now);
-            }
-            arg.push(&mut invocation);
-        }
+        let mut invocation = script.key(&keys[0]);
+        invocation.key(&keys[1]).arg(call.pack(now));
         Ok(invocation.invoke_async(&mut connection).await?)
     }
-}
 
-impl RedisContext {
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    /// Runs `script` once per entry of `calls` in one pipelined round trip, with the server
-    /// time inserted after the mode as in [`Self::run`]. Calls are independent: each gets
-    /// its own result. Scripts missing from the server (NOSCRIPT) are loaded and those calls
-    /// sent again.
+    /// Runs `script` once per entry of `calls` in one pipelined round trip. Calls are
+    /// independent: each gets its own result. If the script is missing from the server
+    /// (NOSCRIPT), it is loaded and the calls are sent again.
     pub(crate) async fn run_batch(
         &self,
         script: &Script,
         source: &str,
-        calls: &[([String; 2], Vec<String>)],
+        calls: &[([String; 2], ScriptCall)],
     ) -> Result<Vec<redis::Value>, TrypemaError> {
         let mut connection = self
             .connection
@@ -123,16 +113,14 @@ impl RedisContext {
         let pipeline = |hash: &str| {
             let mut pipeline = redis::pipe();
             pipeline.ignore_errors();
-            for (keys, args) in calls {
+            for (keys, call) in calls {
                 pipeline
                     .cmd("EVALSHA")
                     .arg(hash)
                     .arg(2)
                     .arg(&keys[0])
                     .arg(&keys[1])
-                    .arg(&args[..1])
-                    .arg(now)
-                    .arg(&args[1..]);
+                    .arg(call.pack(now));
             }
             pipeline
         };
@@ -154,14 +142,19 @@ impl RedisContext {
     }
 }
 
-/// A script argument; lets callers pass mixed types in one slice.
-pub(crate) trait ScriptArg: Sync {
-    fn push(&self, invocation: &mut redis::ScriptInvocation<'_>);
+/// A script call's arguments. They travel as one string of little-endian doubles, `mode`,
+/// the server time, then `args`: one argument instead of nine saves Redis about a
+/// microsecond per call, and the script reads numbers without parsing text.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScriptCall {
+    pub(crate) mode: f64,
+    pub(crate) args: [f64; 7],
 }
 
-impl<T: redis::ToRedisArgs + Sync> ScriptArg for T {
-    fn push(&self, invocation: &mut redis::ScriptInvocation<'_>) {
-        invocation.arg(self);
+impl ScriptCall {
+    fn pack(&self, now_ms: u64) -> Vec<u8> {
+        let values = [self.mode, now_ms as f64].into_iter().chain(self.args);
+        values.flat_map(f64::to_le_bytes).collect()
     }
 }
 

@@ -1,8 +1,8 @@
 -- Suppressed strategy for one entity, atomically: drop the buckets that left the window, then
---   "inc"     record ARGV[6] as observed and decide,
---   "factor"  report the factor,
---   "sync"    (hybrid provider) record ARGV[6] observed and ARGV[8] declined, decided elsewhere,
---             and report the window's totals.
+--   inc (1)     record `count` as observed and decide,
+--   factor (2)  report the factor,
+--   sync (3)    (hybrid provider) record `count` observed and `declined` declined, decided
+--               elsewhere, and report the window's totals.
 --
 -- KEYS[1]  header, a string packing: rate (sticky), observed and declined in the window,
 --          number of live buckets, the oldest and the newest bucket (start, observed,
@@ -11,10 +11,10 @@
 --          observed count, and what the buckets from it to the newest observed.
 -- KEYS[2]  list of the buckets between the oldest and the newest, each packed start, observed,
 --          declined.
--- ARGV     mode, now (Redis server time in ms, as tracked by the client), window_ms,
---          group_ms, rate for a new key, count, hard_limit_factor, and a random number in
---          [0, 1) drawn by the client (Lua's math.random is seeded the same on every run) or,
---          for "sync", the declined count
+-- ARGV[1]  eight little-endian doubles: mode, now (Redis server time in ms, as tracked by
+--          the client), window_ms, group_ms, rate for a new key, count, hard_limit_factor, and
+--          a random number in [0, 1) drawn by the client (Lua's math.random is seeded the same
+--          on every run) or, for sync, the declined count.
 -- Returns  -1 allowed; otherwise floor(factor * 2^40) * 2 + admitted (1 or 0), a whole
 --          number so that no float is formatted as text. "sync": {observed, declined, observed
 --          in the last second, rate * 2^20 (rounded down)}.
@@ -24,10 +24,11 @@
 local HEADER = '<dddddddddddddd'
 local BUCKET = '<ddd'
 local header_key, buckets_key = KEYS[1], KEYS[2]
-local window_ms = tonumber(ARGV[3])
+local INC, FACTOR, SYNC = 1, 2, 3
+local mode, now, window_ms, group_ms, new_rate, count, hard_limit_factor, random_or_declined =
+  struct.unpack('<dddddddd', ARGV[1])
 local window_seconds = window_ms / 1000
 
-local now = tonumber(ARGV[2])
 
 local packed = redis.call('GET', header_key)
 local rate, observed, declined, buckets
@@ -45,16 +46,14 @@ if packed then
   end
 end
 
-local mode = ARGV[1]
-local inc = mode == 'inc'
 if not rate then
-  if mode == 'factor' then
+  if mode == FACTOR then
     return 0
   end
-  if mode == 'sync' and ARGV[6] == '0' and ARGV[8] == '0' then
+  if mode == SYNC and count == 0 and random_or_declined == 0 then
     return {0, 0, 0, 0}
   end
-  rate, observed, declined, buckets = tonumber(ARGV[5]), 0, 0, 0
+  rate, observed, declined, buckets = new_rate, 0, 0, 0
   recent, recent_start, recent_first, recent_observed = 0, now, 0, 0
   newest_start = now
 end
@@ -93,7 +92,7 @@ while buckets > 1 and now - oldest_start > window_ms do
 end
 
 local soft = window_seconds * rate
-local hard = soft * tonumber(ARGV[7])
+local hard = soft * hard_limit_factor
 
 -- The factor a call sees when `accepted` calls are admitted in the window.
 local function factor(accepted)
@@ -109,11 +108,10 @@ end
 
 local result = -1
 local ttl = 'KEEPTTL'
-if mode ~= 'factor' then
-  local count = tonumber(ARGV[6])
+if mode ~= FACTOR then
   local accepted = observed - declined
   observed = observed + count
-  if buckets > 0 and now - newest_start < tonumber(ARGV[4]) then
+  if buckets > 0 and now - newest_start < group_ms then
     newest_observed = newest_observed + count
     if recent < buckets then
       recent_observed = recent_observed + count
@@ -134,8 +132,8 @@ if mode ~= 'factor' then
     recent_observed = recent_observed + count
     ttl = 'PX'
   end
-  if mode == 'sync' then
-    local declined_here = tonumber(ARGV[8])
+  if mode == SYNC then
+    local declined_here = random_or_declined
     declined = declined + declined_here
     newest_declined = newest_declined + declined_here
     result = {observed, declined, recent_observed, math.floor(rate * 2 ^ 20)}
@@ -144,7 +142,7 @@ if mode ~= 'factor' then
     -- Admitting past the hard ceiling is never allowed, whatever the factor says.
     if accepted + count <= hard then
       f = factor(accepted)
-      admitted = tonumber(ARGV[8]) >= f
+      admitted = random_or_declined >= f
     end
     if not admitted then
       declined = declined + count
