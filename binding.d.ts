@@ -43,13 +43,8 @@ export interface DrainedResults {
   errors: Array<RedisCallError>
 }
 
-/**
- * The hybrid absolute fast path: the decision (encoded as for `local`) when the key's lease
- * or a known-full window decides it, else `NEEDS_REDIS`. No thread hop, no I/O.
- */
 export declare function hybridAbsoluteTry(handle: number, key: string, rate: number, count: number): number
 
-/** The hybrid suppressed fast path, like `hybrid_absolute_try`. */
 export declare function hybridSuppressedTry(handle: number, key: string, rate: number, count: number): number
 
 /** `remaining_after_waiting` of the last rejection returned on this thread. */

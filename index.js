@@ -169,6 +169,24 @@ class RedisCalls {
     })
   }
 
+  /**
+   * A hybrid inc: decided by `tryLocally` without I/O when the key's local state allows (an
+   * already-settled Promise, no thread hop), else queued like a Redis call as `op`.
+   */
+  hybridInc(tryLocally, op, shape, key, rate, count) {
+    let encoded
+    try {
+      expect('string', 'key', key)
+      expect('number', 'rate', rate)
+      expect('number', 'count', count)
+      encoded = tryLocally(this.#handle, key, rate, count)
+      if (encoded === NEEDS_REDIS) return this.call(op, key, rate, count)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return encoded < 0 ? SETTLED_ALLOWED : Promise.resolve(shape(encoded))
+  }
+
   #flush = () => {
     this.#flushScheduled = false
     binding.redisFlush(this.#handle)
@@ -267,13 +285,12 @@ class RedisSuppressed {
 
 class HybridAbsolute {
   #calls
-  #handle
-  #windowSizeSeconds
+  #rejected
 
   constructor(calls) {
     this.#calls = calls
-    this.#handle = calls.handle
-    this.#windowSizeSeconds = calls.windowSizeSeconds
+    const windowSizeSeconds = calls.windowSizeSeconds
+    this.#rejected = (encoded) => absoluteDecision(windowSizeSeconds, encoded)
   }
 
   /**
@@ -281,17 +298,7 @@ class HybridAbsolute {
    * key's local lease without I/O (an already-settled Promise) whenever the lease covers it.
    */
   inc(key, rate, count = 1) {
-    let encoded
-    try {
-      expect('string', 'key', key)
-      expect('number', 'rate', rate)
-      expect('number', 'count', count)
-      encoded = binding.hybridAbsoluteTry(this.#handle, key, rate, count)
-      if (encoded === NEEDS_REDIS) return this.#calls.call(OP_HYBRID_ABSOLUTE_INC, key, rate, count)
-    } catch (error) {
-      return Promise.reject(error)
-    }
-    return encoded < 0 ? SETTLED_ALLOWED : Promise.resolve(absoluteDecision(this.#windowSizeSeconds, encoded))
+    return this.#calls.hybridInc(binding.hybridAbsoluteTry, OP_HYBRID_ABSOLUTE_INC, this.#rejected, key, rate, count)
   }
 
   /** Whether one more call would be admitted now; records nothing. */
@@ -303,28 +310,14 @@ class HybridAbsolute {
 
 class HybridSuppressed {
   #calls
-  #handle
-  #windowSizeSeconds
 
   constructor(calls) {
     this.#calls = calls
-    this.#handle = calls.handle
-    this.#windowSizeSeconds = calls.windowSizeSeconds
   }
 
   /** Records `count` as observed for `key` and decides locally on the shared window totals. */
   inc(key, rate, count = 1) {
-    let encoded
-    try {
-      expect('string', 'key', key)
-      expect('number', 'rate', rate)
-      expect('number', 'count', count)
-      encoded = binding.hybridSuppressedTry(this.#handle, key, rate, count)
-      if (encoded === NEEDS_REDIS) return this.#calls.call(OP_HYBRID_SUPPRESSED_INC, key, rate, count)
-    } catch (error) {
-      return Promise.reject(error)
-    }
-    return encoded < 0 ? SETTLED_ALLOWED : Promise.resolve(suppressedDecision(encoded))
+    return this.#calls.hybridInc(binding.hybridSuppressedTry, OP_HYBRID_SUPPRESSED_INC, suppressedDecision, key, rate, count)
   }
 
   /** The key's current suppression factor in [0, 1] (0 for an unknown key). */

@@ -70,6 +70,10 @@ if mode == LEASE then
     if returned_start == newest_start then
       returned = math.min(returned, newest_count)
       newest_count = newest_count - returned
+      if buckets == 1 then
+        -- The only bucket is the oldest too; a bucket opened below must find it up to date.
+        oldest_count = newest_count
+      end
     elseif buckets > 1 and returned_start == oldest_start then
       returned = math.min(returned, oldest_count)
       oldest_count = oldest_count - returned
