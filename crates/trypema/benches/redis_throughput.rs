@@ -159,7 +159,7 @@ async fn run_calls(
                     done += 1;
                     // Hybrid calls complete without awaiting I/O, so let the other tasks (and
                     // the sync task) run now and then, as any request handler would.
-                    if done % 64 == 0 {
+                    if done.is_multiple_of(64) {
                         tokio::task::yield_now().await;
                     }
                 }

@@ -26,42 +26,82 @@ pub(crate) struct AbsoluteState {
     lease_ms: u64,
 }
 
-/// One key's lease. The atomics are the fast path; `book` is only touched by the sync task.
+/// One key's leases. Two slots, so a lease can be renewed while the previous one is still
+/// serving: a lease's quota is only taken back after it has ended, when no caller can still
+/// be using it. The atomics are the fast path; `book` is only touched by the sync task.
 struct LeaseEntry {
     capacity: AtomicU64,
-    quota: AtomicU64,
-    /// Local clock (ms); the quota may only be used before this.
-    lease_until: AtomicU64,
+    slots: [Slot; 2],
     /// Local clock (ms); Redis said the window is full, so refuse without asking until then.
     full_until: AtomicU64,
     retry_at: AtomicU64,
     remaining_after_waiting: AtomicU64,
     /// The largest count a caller is waiting for (0: nobody waits).
     wanted: AtomicU64,
-    /// Calls the lease could not cover since it was granted: demand the next lease should meet.
+    /// Calls the leases could not cover: demand the next lease should meet.
     shortfall: AtomicU64,
-    /// Size of the current lease, for noticing it is running low.
+    /// Size of the newest lease, for noticing that the quota is running low.
     granted: AtomicU64,
-    /// The lease is running low: renew it at the next sync, before callers have to wait.
+    /// The quota is running low: open the next lease at the next sync, before callers wait.
     renew_early: AtomicBool,
     last_seen: AtomicU64,
     service: Service,
-    book: Mutex<LeaseBook>,
+    book: Mutex<[SlotBook; 2]>,
 }
 
 #[derive(Default)]
-struct LeaseBook {
+struct Slot {
+    quota: AtomicU64,
+    /// Local clock (ms); the quota may only be used before this.
+    until: AtomicU64,
+}
+
+/// What the sync task remembers of a slot's lease.
+#[derive(Default, Clone, Copy)]
+struct SlotBook {
+    /// Orders the leases: the higher, the newer (two can be granted in the same millisecond).
+    serial: u64,
     granted: u64,
     granted_at: u64,
-    lease_start: u64,
+    /// The lease's bucket in Redis, where unused quota is given back.
+    start: u64,
+}
+
+impl Slot {
+    #[inline]
+    fn take(&self, now_ms: u64, count: u64) -> Option<u64> {
+        if now_ms >= self.until.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut quota = self.quota.load(Ordering::Acquire);
+        while quota >= count {
+            match self.quota.compare_exchange_weak(
+                quota,
+                quota - count,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(quota - count),
+                Err(actual) => quota = actual,
+            }
+        }
+        None
+    }
+
+    fn available(&self, now_ms: u64) -> u64 {
+        if now_ms < self.until.load(Ordering::Acquire) {
+            self.quota.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
 }
 
 impl LeaseEntry {
     fn new(capacity: u64, now_ms: u64) -> Self {
         Self {
             capacity: AtomicU64::new(capacity),
-            quota: AtomicU64::new(0),
-            lease_until: AtomicU64::new(0),
+            slots: Default::default(),
             full_until: AtomicU64::new(0),
             retry_at: AtomicU64::new(0),
             remaining_after_waiting: AtomicU64::new(0),
@@ -71,12 +111,12 @@ impl LeaseEntry {
             renew_early: AtomicBool::new(false),
             last_seen: AtomicU64::new(now_ms),
             service: Service::default(),
-            book: Mutex::new(LeaseBook::default()),
+            book: Mutex::new(Default::default()),
         }
     }
 
-    /// Takes `count` from the lease, or reports the window full, without any I/O. When the
-    /// lease falls below a quarter, asks (once) for an early renewal.
+    /// Takes `count` from a lease, or reports the window full, without any I/O. When the
+    /// quota falls below a quarter of the newest lease, asks (once) for the next lease.
     #[inline]
     fn decide_locally(
         &self,
@@ -85,28 +125,33 @@ impl LeaseEntry {
         window_seconds: u64,
         signal: &SyncSignal,
     ) -> Option<RateLimitDecision> {
-        if now_ms < self.lease_until.load(Ordering::Acquire) {
-            let mut quota = self.quota.load(Ordering::Acquire);
-            while quota >= count {
-                match self.quota.compare_exchange_weak(
-                    quota,
-                    quota - count,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        if (quota - count) * 4 < self.granted.load(Ordering::Relaxed)
-                            && !self.renew_early.swap(true, Ordering::AcqRel)
-                        {
-                            signal.wake.notify_one();
-                        }
-                        return Some(RateLimitDecision::Allowed);
-                    }
-                    Err(actual) => quota = actual,
-                }
+        // The lease that ends first is used first, so less is given back.
+        let (first, second) = if self.slots[0].until.load(Ordering::Relaxed)
+            <= self.slots[1].until.load(Ordering::Relaxed)
+        {
+            (&self.slots[0], &self.slots[1])
+        } else {
+            (&self.slots[1], &self.slots[0])
+        };
+        if let Some(left) = first
+            .take(now_ms, count)
+            .or_else(|| second.take(now_ms, count))
+        {
+            let total = first.available(now_ms) + second.available(now_ms);
+            let _ = left;
+            if total * 4 < self.granted.load(Ordering::Relaxed)
+                && !self.renew_early.swap(true, Ordering::AcqRel)
+            {
+                signal.wake.notify_one();
             }
-            self.shortfall.fetch_add(count, Ordering::Relaxed);
+            return Some(RateLimitDecision::Allowed);
         }
+        self.shortfall.fetch_add(count, Ordering::Relaxed);
+        self.known_full(now_ms, window_seconds)
+    }
+
+    /// The rejection Redis last gave, while it still holds.
+    fn known_full(&self, now_ms: u64, window_seconds: u64) -> Option<RateLimitDecision> {
         if now_ms < self.full_until.load(Ordering::Acquire) {
             return Some(RateLimitDecision::Rejected {
                 window_size_seconds: window_seconds,
@@ -152,8 +197,9 @@ impl AbsoluteState {
         self.redis.settings().clock.now_ms()
     }
 
-    /// Closes every lease that ended or that a caller needs more from, and opens the next one,
-    /// for all such keys in one pipelined round trip.
+    /// For every key, gives back what an ended lease did not use and opens the next lease
+    /// when one is needed (a caller waits, the quota runs low, or the lease in use is about
+    /// to end), all keys in one pipelined round trip.
     pub(crate) async fn sync(&self) {
         let now = self.now_ms();
         let settings = self.redis.settings();
@@ -161,87 +207,117 @@ impl AbsoluteState {
         let mut work = Vec::new();
         for item in self.entries.iter() {
             let entry = item.value();
-            let wanted = entry.wanted.load(Ordering::Acquire);
-            let lease_until = entry.lease_until.load(Ordering::Acquire);
             let mut book = entry
                 .book
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
-            // Leases in use are renewed before they end, so busy keys never wait for Redis.
-            let ending = book.granted > 0 && now + renew_margin >= lease_until;
-            let in_use = entry.quota.load(Ordering::Acquire) < book.granted;
-            let ended = now >= lease_until;
+            let until = |slot: usize| entry.slots[slot].until.load(Ordering::Acquire);
+            // An ended lease with quota to give back; no caller can take from it any more.
+            let ended = (0..2).find(|&slot| book[slot].granted > 0 && now >= until(slot));
+            let newest = if book[0].serial >= book[1].serial {
+                0
+            } else {
+                1
+            };
+            let wanted = entry.wanted.load(Ordering::Acquire);
             let running_low = entry.renew_early.swap(false, Ordering::AcqRel);
-            if wanted == 0 && !running_low && !(ending && (in_use || ended)) {
+            let used = book[newest].granted
+                - entry.slots[newest]
+                    .quota
+                    .load(Ordering::Acquire)
+                    .min(book[newest].granted);
+            let ending = book[newest].granted > 0
+                && now < until(newest)
+                && now + renew_margin >= until(newest)
+                && used > 0;
+            let renew = wanted > 0 || running_low || ending;
+            if ended.is_none() && !renew {
                 continue;
             }
-            let left = entry.quota.swap(0, Ordering::AcqRel).min(book.granted);
-            let used = book.granted - left;
-            let shortfall = entry.shortfall.swap(0, Ordering::AcqRel);
+            // The slot for the next lease: the ended one, else an empty one, else the older
+            // lease, whose unused quota is then given back early. Giving back is safe at any
+            // time: the swap below takes exactly what no caller has taken.
+            let slot = ended
+                .or_else(|| (0..2).find(|&slot| book[slot].granted == 0))
+                .unwrap_or(1 - newest);
+            let returned = if book[slot].granted > 0 {
+                let left = entry.slots[slot].quota.swap(0, Ordering::AcqRel);
+                (left.min(book[slot].granted), book[slot].start)
+            } else {
+                (0, 0)
+            };
             let capacity = entry.capacity.load(Ordering::Acquire);
-            // Size the next lease to the demand seen under the last one (what it served plus
-            // what it could not), projected over a whole lease with 50% headroom; a key nobody
-            // used or waits for gets none.
-            let demand = used + shortfall;
-            let elapsed = now.saturating_sub(book.granted_at).max(1);
-            let request = if wanted == 0 && demand == 0 {
+            let shortfall = entry.shortfall.swap(0, Ordering::AcqRel);
+            // Size the next lease to the demand seen under the newest one (what it served plus
+            // what it could not), projected over a whole lease with 50% headroom. A key with
+            // no lease to learn from starts generously, or a busy key would crawl up from tiny
+            // leases one round trip at a time.
+            let request = if !renew {
                 0
-            } else if book.granted == 0 {
-                // No lease to learn from (a new or idle key): start generously, not at the
-                // one call that is waiting, or a busy key would crawl up from tiny leases.
+            } else if book[newest].granted == 0 {
                 (capacity / 64).max(1)
             } else {
-                let projected = demand.saturating_mul(self.lease_ms) / elapsed.min(self.lease_ms);
+                let elapsed = now
+                    .saturating_sub(book[newest].granted_at)
+                    .clamp(1, self.lease_ms);
+                let projected =
+                    used.saturating_add(shortfall).saturating_mul(self.lease_ms) / elapsed;
                 projected.saturating_add(projected / 2).max(1)
             }
             .max(wanted)
             .min(capacity.max(wanted));
+            book[slot] = SlotBook::default();
             let call = script::script_call(
                 settings,
                 script::LEASE,
                 capacity,
                 request,
-                [self.lease_ms, left, book.lease_start],
+                [self.lease_ms, returned.0, returned.1],
             );
-            book.granted = 0;
-            drop(book);
-            work.push((item.key().to_string(), entry.clone(), request, call));
+            let target = (request > 0).then_some(slot);
+            work.push((item.key().to_string(), entry.clone(), request, target, call));
         }
         if work.is_empty() {
             return;
         }
         let calls: Vec<_> = work
             .iter()
-            .map(|(key, _, _, args)| {
+            .map(|(key, _, _, _, call)| {
                 let key =
                     RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
-                (self.redis.entity_keys(&key, "a"), args.clone())
+                (self.redis.entity_keys(&key, "a"), *call)
             })
             .collect();
         let results = self
             .redis
             .run_batch(&script::SCRIPT, script::SOURCE, &calls)
             .await;
-        for (index, (_, entry, request, _)) in work.iter().enumerate() {
+        for (index, (_, entry, request, target, _)) in work.iter().enumerate() {
             let outcome = match &results {
                 Ok(values) => lease_reply(values.get(index)),
                 Err(error) => Err(error.to_string()),
             };
             match outcome {
                 Ok([granted, start, retry_after, remaining]) => {
-                    let mut book = entry
-                        .book
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner());
-                    book.granted = granted;
-                    book.granted_at = now;
-                    book.lease_start = start;
-                    drop(book);
-                    entry.granted.store(granted, Ordering::Relaxed);
-                    entry.quota.store(granted, Ordering::Release);
-                    entry
-                        .lease_until
-                        .store(now + self.lease_ms, Ordering::Release);
+                    if let Some(slot) = *target {
+                        let mut book = entry
+                            .book
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner());
+                        let serial = book[0].serial.max(book[1].serial) + 1;
+                        book[slot] = SlotBook {
+                            serial,
+                            granted,
+                            granted_at: now,
+                            start,
+                        };
+                        drop(book);
+                        entry.granted.store(granted, Ordering::Relaxed);
+                        entry.slots[slot].quota.store(granted, Ordering::Release);
+                        entry.slots[slot]
+                            .until
+                            .store(now + self.lease_ms, Ordering::Release);
+                    }
                     if granted < *request {
                         entry.retry_at.store(now + retry_after, Ordering::Release);
                         entry
@@ -257,6 +333,9 @@ impl AbsoluteState {
                     entry.service.finish(None);
                 }
                 Err(message) => {
+                    // The lease in use keeps serving until it ends; a quota taken back from an
+                    // ended lease is dropped (its reservation expires with the window), since
+                    // after a failure it is unknown whether the give-back reached Redis.
                     entry.wanted.store(0, Ordering::Release);
                     entry.service.finish(Some(message));
                 }
@@ -317,7 +396,7 @@ impl AbsoluteHybridRateLimiter {
         self.task.ensure_started();
         let capacity = self.state.redis.settings().capacity(rate);
         let window_seconds = self.state.window_seconds();
-        for _ in 0..3 {
+        for attempt in 0..4 {
             let now = self.state.now_ms();
             let entry = self
                 .state
@@ -329,6 +408,9 @@ impl AbsoluteHybridRateLimiter {
                 entry.decide_locally(now, count, window_seconds, &self.state.signal)
             {
                 return Ok(decision);
+            }
+            if attempt == 3 {
+                break;
             }
             let register = || {
                 entry.wanted.fetch_max(count.max(1), Ordering::AcqRel);
@@ -348,17 +430,10 @@ impl AbsoluteHybridRateLimiter {
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, TrypemaError> {
         let now = self.state.now_ms();
         if let Some(entry) = self.state.entries.get(key.as_str()) {
-            if now < entry.lease_until.load(Ordering::Acquire)
-                && entry.quota.load(Ordering::Acquire) > 0
-            {
+            if entry.slots.iter().any(|slot| slot.available(now) > 0) {
                 return Ok(RateLimitDecision::Allowed);
             }
-            if let Some(rejected @ RateLimitDecision::Rejected { .. }) = entry.decide_locally(
-                now,
-                u64::MAX,
-                self.state.window_seconds(),
-                &self.state.signal,
-            ) {
+            if let Some(rejected) = entry.known_full(now, self.state.window_seconds()) {
                 return Ok(rejected);
             }
         }
@@ -378,7 +453,7 @@ impl Sweep for AbsoluteState {
                 || entry
                     .book
                     .lock()
-                    .map(|book| book.granted > 0)
+                    .map(|book| book.iter().any(|slot| slot.granted > 0))
                     .unwrap_or(true)
         });
     }

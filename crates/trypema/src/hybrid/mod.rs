@@ -175,8 +175,8 @@ impl SyncTask {
                     // Hold no strong reference while waiting, so a dropped limiter ends the task.
                     let signal = task.signal.clone();
                     drop(task);
-                    absolute.sync().await;
-                    suppressed.sync().await;
+                    // Concurrently, so a stuck round of one strategy does not hold up the other.
+                    tokio::join!(absolute.sync(), suppressed.sync());
                     drop((absolute, suppressed));
                     tokio::select! {
                         _ = tokio::time::sleep(interval) => {}

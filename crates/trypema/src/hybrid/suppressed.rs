@@ -151,7 +151,7 @@ impl SuppressedState {
             .map(|(key, _, args)| {
                 let key =
                     RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
-                (self.redis.entity_keys(&key, "s"), args.clone())
+                (self.redis.entity_keys(&key, "s"), *args)
             })
             .collect();
         let results = self

@@ -125,7 +125,8 @@ if count > 0 or buckets == 0 then
   if buckets > 0 and start < newest_start then
     start = newest_start
   end
-  if buckets > 0 and start - newest_start < group_ms then
+  -- A lease never joins an earlier bucket: that would start counting it before it ends.
+  if buckets > 0 and start - newest_start < group_ms and (mode ~= LEASE or start == newest_start) then
     newest_count = newest_count + count
   else
     if buckets > 1 then
