@@ -60,7 +60,8 @@ pub(crate) fn encode(decision: RateLimitDecision, last_remaining: &mut f64) -> f
 /// `String` costs two calls and a heap allocation. Keys longer than the buffer are invalid for
 /// every provider anyway, so only their length is needed then.
 pub struct KeyArg {
-    bytes: [u8; KEY_BUFFER_BYTES],
+    // Left uninitialised: napi writes the first `len` bytes, and only those are read.
+    bytes: [std::mem::MaybeUninit<u8>; KEY_BUFFER_BYTES],
     len: usize,
     full_len: usize,
 }
@@ -74,7 +75,10 @@ impl KeyArg {
             return Err(self.full_len);
         }
         // napi writes UTF-8, replacing lone surrogates, and never splits a character.
-        std::str::from_utf8(&self.bytes[..self.len]).map_err(|_| self.len)
+        // SAFETY: napi_get_value_string_utf8 initialised `bytes[..len]`.
+        let written =
+            unsafe { std::slice::from_raw_parts(self.bytes.as_ptr().cast::<u8>(), self.len) };
+        std::str::from_utf8(written).map_err(|_| self.len)
     }
 
     /// The key for the local provider.
@@ -120,7 +124,7 @@ impl napi::bindgen_prelude::FromNapiValue for KeyArg {
         value: napi::sys::napi_value,
     ) -> napi::Result<Self> {
         let mut key = KeyArg {
-            bytes: [0; KEY_BUFFER_BYTES],
+            bytes: [std::mem::MaybeUninit::uninit(); KEY_BUFFER_BYTES],
             len: 0,
             full_len: 0,
         };

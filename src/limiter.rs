@@ -7,7 +7,6 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
     rc::Rc,
 };
 
@@ -35,8 +34,10 @@ pub struct LimiterOptions {
 
 thread_local! {
     // Each JavaScript thread (main or worker) has its own limiters; calls never cross threads.
-    static LIMITERS: RefCell<HashMap<u32, Rc<Limiter>>> = RefCell::new(HashMap::new());
-    static NEXT_HANDLE: Cell<u32> = const { Cell::new(1) };
+    // Indexed by handle, so a call finds its limiter without hashing. Handles are never
+    // reused (a closed limiter's handle must not reach a newer one), at 8 bytes per limiter
+    // ever created on the thread.
+    static LIMITERS: RefCell<Vec<Option<Rc<Limiter>>>> = const { RefCell::new(Vec::new()) };
     static LAST_REMAINING: Cell<f64> = const { Cell::new(0.0) };
 }
 
@@ -58,7 +59,8 @@ pub(crate) fn with_limiter<T>(
     handle: u32,
     call: impl FnOnce(&Limiter) -> napi::Result<T, &'static str>,
 ) -> napi::Result<T, &'static str> {
-    let limiter = LIMITERS.with(|limiters| limiters.borrow().get(&handle).cloned());
+    let limiter =
+        LIMITERS.with(|limiters| limiters.borrow().get(handle as usize).cloned().flatten());
     let limiter = limiter.ok_or_else(closed_error)?;
     call(&limiter)
 }
@@ -143,14 +145,13 @@ pub(crate) fn configure(
 
 impl NativeRateLimiter {
     fn register(core: RateLimiter, redis: Option<RedisBridge>) -> Self {
-        let handle = NEXT_HANDLE.with(|next| {
-            let handle = next.get();
-            next.set(handle.wrapping_add(1).max(1));
-            handle
-        });
         let window_size_seconds = core.window_size_seconds() as f64;
         let limiter = Rc::new(Limiter { core, redis });
-        LIMITERS.with(|limiters| limiters.borrow_mut().insert(handle, limiter));
+        let handle = LIMITERS.with(|limiters| {
+            let mut limiters = limiters.borrow_mut();
+            limiters.push(Some(limiter));
+            (limiters.len() - 1) as u32
+        });
         Self {
             handle,
             window_size_seconds,
@@ -158,10 +159,16 @@ impl NativeRateLimiter {
     }
 }
 
+fn release(limiters: &mut [Option<Rc<Limiter>>], handle: u32) {
+    if let Some(slot) = limiters.get_mut(handle as usize) {
+        *slot = None;
+    }
+}
+
 impl Drop for NativeRateLimiter {
     fn drop(&mut self) {
         // `try_with`: during thread teardown the registry may already be gone, which is fine.
-        let _ = LIMITERS.try_with(|limiters| limiters.borrow_mut().remove(&self.handle));
+        let _ = LIMITERS.try_with(|limiters| release(&mut limiters.borrow_mut(), self.handle));
     }
 }
 
@@ -210,7 +217,7 @@ impl NativeRateLimiter {
     /// Stops background work and drops all state; later calls fail with `TRYPEMA_CLOSED`.
     #[napi]
     pub fn close(&self) {
-        LIMITERS.with(|limiters| limiters.borrow_mut().remove(&self.handle));
+        LIMITERS.with(|limiters| release(&mut limiters.borrow_mut(), self.handle));
     }
 }
 

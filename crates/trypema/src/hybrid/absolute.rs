@@ -396,7 +396,10 @@ impl AbsoluteHybridRateLimiter {
         self.task.ensure_started();
         let capacity = self.state.redis.settings().capacity(rate);
         let window_seconds = self.state.window_seconds();
-        for attempt in 0..4 {
+        // Each sync that handles this key opens a lease covering `count` unless Redis says the
+        // window is full, so this ends with a decision, or with an error if Redis is unreachable.
+        let deadline = tokio::time::Instant::now() + super::WAIT_LIMIT;
+        loop {
             let now = self.state.now_ms();
             let entry = self
                 .state
@@ -409,20 +412,14 @@ impl AbsoluteHybridRateLimiter {
             {
                 return Ok(decision);
             }
-            if attempt == 3 {
-                break;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(super::sync_error("no lease from Redis in time".into()));
             }
             let register = || {
                 entry.wanted.fetch_max(count.max(1), Ordering::AcqRel);
             };
             entry.service.wait(&self.state.signal, register).await?;
         }
-        // Other callers took each lease before this one could: the window is contended.
-        Ok(RateLimitDecision::Rejected {
-            window_size_seconds: window_seconds,
-            retry_after_ms: self.state.lease_ms,
-            remaining_after_waiting: 0,
-        })
     }
 
     /// Whether one more call would be admitted now; records nothing. Answered locally while

@@ -141,7 +141,7 @@ impl Service {
 }
 
 /// Longer than a connect plus a response timeout, so a wait ends with Redis's own error.
-const WAIT_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
 pub(crate) fn sync_error(message: String) -> TrypemaError {
     TrypemaError::Redis(redis::RedisError::from((
