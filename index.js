@@ -24,6 +24,12 @@ function expect(type, name, value) {
   }
 }
 
+function checkInc(key, rate, count) {
+  expect('string', 'key', key)
+  expect('number', 'rate', rate)
+  expect('number', 'count', count)
+}
+
 function trypemaError(code, message) {
   const error = new Error(message)
   error.code = code
@@ -61,9 +67,7 @@ class LocalAbsolute {
 
   /** Records `count` for `key` unless that would exceed the window's capacity. */
   inc(key, rate, count = 1) {
-    expect('string', 'key', key)
-    expect('number', 'rate', rate)
-    expect('number', 'count', count)
+    checkInc(key, rate, count)
     return absoluteDecision(this.#windowSizeSeconds, binding.localAbsoluteInc(this.#handle, key, rate, count))
   }
 
@@ -85,9 +89,7 @@ class LocalSuppressed {
 
   /** Records `count` as observed for `key` and decides whether to admit it. */
   inc(key, rate, count = 1) {
-    expect('string', 'key', key)
-    expect('number', 'rate', rate)
-    expect('number', 'count', count)
+    checkInc(key, rate, count)
     return suppressedDecision(binding.localSuppressedInc(this.#handle, key, rate, count))
   }
 
@@ -169,6 +171,12 @@ class RedisCalls {
     })
   }
 
+  /** A queued `inc` of operation `op`, its arguments checked first. */
+  inc(op, key, rate, count) {
+    checkInc(key, rate, count)
+    return this.call(op, key, rate, count)
+  }
+
   /**
    * A hybrid inc: decided by `tryLocally` without I/O when the key's local state allows (an
    * already-settled Promise, no thread hop), else queued like a Redis call as `op`.
@@ -176,9 +184,7 @@ class RedisCalls {
   hybridInc(tryLocally, op, shape, key, rate, count) {
     let encoded
     try {
-      expect('string', 'key', key)
-      expect('number', 'rate', rate)
-      expect('number', 'count', count)
+      checkInc(key, rate, count)
       encoded = tryLocally(this.#handle, key, rate, count)
       if (encoded === NEEDS_REDIS) return this.call(op, key, rate, count)
     } catch (error) {
@@ -248,10 +254,7 @@ class RedisAbsolute {
 
   /** Records `count` for `key` unless that would exceed the window's capacity; exact across processes. */
   async inc(key, rate, count = 1) {
-    expect('string', 'key', key)
-    expect('number', 'rate', rate)
-    expect('number', 'count', count)
-    return this.#calls.call(OP_ABSOLUTE_INC, key, rate, count)
+    return this.#calls.inc(OP_ABSOLUTE_INC, key, rate, count)
   }
 
   /** Whether one more call would be admitted now; records nothing. */
@@ -270,10 +273,7 @@ class RedisSuppressed {
 
   /** Records `count` as observed for `key` and decides whether to admit it. */
   async inc(key, rate, count = 1) {
-    expect('string', 'key', key)
-    expect('number', 'rate', rate)
-    expect('number', 'count', count)
-    return this.#calls.call(OP_SUPPRESSED_INC, key, rate, count)
+    return this.#calls.inc(OP_SUPPRESSED_INC, key, rate, count)
   }
 
   /** The key's current suppression factor in [0, 1] (0 for an unknown key). */

@@ -294,7 +294,7 @@ impl AbsoluteState {
             .await;
         for (index, (_, entry, request, target, _)) in work.iter().enumerate() {
             let outcome = match &results {
-                Ok(values) => lease_reply(values.get(index)),
+                Ok(values) => super::four_numbers(values.get(index), "lease"),
                 Err(error) => Err(error.to_string()),
             };
             match outcome {
@@ -341,23 +341,6 @@ impl AbsoluteState {
                 }
             }
         }
-    }
-}
-
-fn lease_reply(value: Option<&redis::Value>) -> Result<[u64; 4], String> {
-    let as_u64 = |value: &redis::Value| match value {
-        redis::Value::Int(number) => Some((*number).max(0) as u64),
-        _ => None,
-    };
-    match value {
-        Some(redis::Value::Array(items)) if items.len() == 4 => {
-            let numbers: Option<Vec<u64>> = items.iter().map(as_u64).collect();
-            numbers
-                .map(|n| [n[0], n[1], n[2], n[3]])
-                .ok_or_else(|| format!("unexpected lease reply {items:?}"))
-        }
-        Some(redis::Value::ServerError(error)) => Err(format!("{error:?}")),
-        other => Err(format!("unexpected lease reply {other:?}")),
     }
 }
 

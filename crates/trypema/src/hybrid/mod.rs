@@ -143,6 +143,24 @@ impl Service {
 /// Longer than a connect plus a response timeout, so a wait ends with Redis's own error.
 pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(10);
 
+/// A script's `{a, b, c, d}` reply (negative numbers read as 0), or why it is not one.
+pub(crate) fn four_numbers(value: Option<&redis::Value>, what: &str) -> Result<[u64; 4], String> {
+    match value {
+        Some(redis::Value::Array(items)) if items.len() == 4 => {
+            let mut numbers = [0u64; 4];
+            for (slot, item) in numbers.iter_mut().zip(items) {
+                match item {
+                    redis::Value::Int(number) => *slot = (*number).max(0) as u64,
+                    other => return Err(format!("unexpected {what} reply {other:?}")),
+                }
+            }
+            Ok(numbers)
+        }
+        Some(redis::Value::ServerError(error)) => Err(format!("{error:?}")),
+        other => Err(format!("unexpected {what} reply {other:?}")),
+    }
+}
+
 pub(crate) fn sync_error(message: String) -> TrypemaError {
     TrypemaError::Redis(redis::RedisError::from((
         redis::ErrorKind::Io,

@@ -176,7 +176,7 @@ impl SuppressedState {
             .await;
         for (index, (_, entry, _)) in work.iter().enumerate() {
             let outcome = match &results {
-                Ok(values) => totals_reply(values.get(index)),
+                Ok(values) => super::four_numbers(values.get(index), "sync"),
                 Err(error) => Err(error.to_string()),
             };
             let mut view = entry
@@ -220,23 +220,6 @@ impl SuppressedState {
                 }
             }
         }
-    }
-}
-
-fn totals_reply(value: Option<&redis::Value>) -> Result<[u64; 4], String> {
-    match value {
-        Some(redis::Value::Array(items)) if items.len() == 4 => {
-            let mut numbers = [0u64; 4];
-            for (slot, item) in numbers.iter_mut().zip(items) {
-                match item {
-                    redis::Value::Int(number) => *slot = (*number).max(0) as u64,
-                    other => return Err(format!("unexpected sync reply {other:?}")),
-                }
-            }
-            Ok(numbers)
-        }
-        Some(redis::Value::ServerError(error)) => Err(format!("{error:?}")),
-        other => Err(format!("unexpected sync reply {other:?}")),
     }
 }
 
