@@ -4,73 +4,32 @@
 //! time cannot be mocked: windows are 1 s and the tests sleep for real. Every test works under
 //! its own random prefix and keys. The tests that count server-wide commands or kill the
 //! server run against a private `redis-server` they start themselves; the load tests take
-//! [`CPU`] exclusively, so that their timing is not skewed by each other.
+//! the `CPU` lock exclusively ([`support::heavy`]), so that their timing is not skewed by each
+//! other.
 #![cfg(feature = "redis-tokio")]
 
+mod support;
+
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use redis::aio::ConnectionManager;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use trypema::{redis::RedisKey, RateLimit, RateLimitDecision, RateLimiter, TrypemaError};
+use support::{
+    all_command_calls, assert_allowed, builder_at, busiest_window, connect, heavy,
+    hybrid_redis_url, key, light, rate, redis_error_message, rejected_within, reset_stats,
+    restart_and_recover, unique, PrivateRedis,
+};
+use trypema::{redis::RedisKey, RateLimitDecision, RateLimiter, TrypemaError};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Held shared by ordinary tests, exclusively by the load tests.
-static CPU: RwLock<()> = RwLock::const_new(());
-
-async fn light() -> RwLockReadGuard<'static, ()> {
-    CPU.read().await
-}
-
-async fn heavy() -> RwLockWriteGuard<'static, ()> {
-    CPU.write().await
-}
-
-fn redis_url() -> String {
-    std::env::var("TRYPEMA_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "TRYPEMA_TEST_REDIS_URL is not set: the hybrid provider tests need a disposable Redis \
-             (e.g. `redis-server --port 6403 --save ''` and \
-             TRYPEMA_TEST_REDIS_URL=redis://127.0.0.1:6403/); `npm test` sets it"
-        )
-    })
-}
-
-async fn connect(url: &str) -> ConnectionManager {
-    redis::Client::open(url)
-        .unwrap_or_else(|error| panic!("invalid Redis URL {url:?}: {error}"))
-        .get_connection_manager()
-        .await
-        .unwrap_or_else(|error| panic!("cannot connect to {url:?}: {error}"))
-}
-
-/// `name` plus a random suffix, so parallel tests (and reruns) never share state.
-fn unique(name: &str) -> String {
-    format!("{name}{:016x}", rand::random::<u64>())
-}
-
-fn key(name: &str) -> RedisKey {
-    RedisKey::try_from(unique(name)).expect("valid key")
-}
-
-fn rate(value: f64) -> RateLimit {
-    RateLimit::try_from(value).expect("valid rate")
-}
-
 /// A limiter over a fresh connection to `url` (each limiter its own connection manager, as
 /// if it were another process).
 async fn limiter_at(url: &str, prefix: &str, window_s: u64, sync_ms: Option<u64>) -> RateLimiter {
-    let builder = RateLimiter::builder(connect(url).await)
-        .window_size_seconds(window_s)
-        .redis_prefix(prefix);
+    let builder = builder_at(url, prefix, window_s).await;
     let builder = match sync_ms {
         Some(sync_ms) => builder.sync_interval_ms(sync_ms),
         None => builder,
@@ -79,7 +38,7 @@ async fn limiter_at(url: &str, prefix: &str, window_s: u64, sync_ms: Option<u64>
 }
 
 async fn limiter(prefix: &str, window_s: u64) -> RateLimiter {
-    limiter_at(&redis_url(), prefix, window_s, None).await
+    limiter_at(&hybrid_redis_url(), prefix, window_s, None).await
 }
 
 async fn inc(rl: &RateLimiter, key: &RedisKey, rate: f64, count: u64) -> RateLimitDecision {
@@ -90,51 +49,17 @@ async fn inc(rl: &RateLimiter, key: &RedisKey, rate: f64, count: u64) -> RateLim
         .expect("hybrid absolute inc")
 }
 
-#[track_caller]
-fn assert_allowed(decision: RateLimitDecision) {
-    assert_eq!(decision, RateLimitDecision::Allowed);
-}
-
 /// `(retry_after_ms, remaining_after_waiting)` of a `Rejected` decision for a 1 s window with
 /// capacity `capacity`. A lease's reservation is counted from when the lease ends (at most
 /// 50 ms ahead for a 1 s window), so a hint may reach past 1001 ms by that much.
 #[track_caller]
 fn rejected(decision: RateLimitDecision, capacity: u64) -> (u64, u64) {
-    match decision {
-        RateLimitDecision::Rejected {
-            window_size_seconds,
-            retry_after_ms,
-            remaining_after_waiting,
-        } => {
-            assert_eq!(window_size_seconds, 1, "{decision:?}");
-            assert!(
-                retry_after_ms > 0 && retry_after_ms <= 1001 + 50,
-                "retry_after_ms must be in (0, 1051] for a 1 s window: {decision:?}"
-            );
-            assert!(
-                remaining_after_waiting <= capacity,
-                "remaining_after_waiting above the capacity {capacity}: {decision:?}"
-            );
-            (retry_after_ms, remaining_after_waiting)
-        }
-        other => panic!("expected Rejected, got {other:?}"),
-    }
-}
-
-/// The most timestamps (µs, sorted) inside any half-open interval of `window_us`, and where
-/// that interval starts.
-fn busiest_window(sorted: &[u64], window_us: u64) -> (usize, u64) {
-    let mut best = (0, 0);
-    let mut first = 0;
-    for (last, &at) in sorted.iter().enumerate() {
-        while at - sorted[first] >= window_us {
-            first += 1;
-        }
-        if last + 1 - first > best.0 {
-            best = (last + 1 - first, sorted[first]);
-        }
-    }
-    best
+    let (retry_after_ms, remaining_after_waiting) = rejected_within(decision, 1001 + 50);
+    assert!(
+        remaining_after_waiting <= capacity,
+        "remaining_after_waiting above the capacity {capacity}: {decision:?}"
+    );
+    (retry_after_ms, remaining_after_waiting)
 }
 
 /// Timestamps (µs, sorted) per aligned window `[start + k·window, start + (k+1)·window)` up to
@@ -148,102 +73,6 @@ fn per_window(sorted: &[u64], start: u64, end: u64, window_us: u64) -> Vec<usize
                 .iter()
                 .filter(|&&at| at >= from && at < from + window_us)
                 .count()
-        })
-        .collect()
-}
-
-/// A `redis-server` of this test's own, on a free port, killed when dropped.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, child: None };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers `PING`.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot start `redis-server` (this test runs a private one): {error}")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.ping() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer PING",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `calls` of every command in `INFO commandstats` since the last `CONFIG RESETSTAT`.
-async fn command_calls(admin: &mut ConnectionManager) -> Vec<(String, u64)> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(admin)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("cmdstat_")?;
-            let (name, stats) = rest.split_once(':')?;
-            let calls = stats
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
         })
         .collect()
 }
@@ -415,11 +244,7 @@ async fn the_fast_path_does_no_redis_io() {
         assert_allowed(rl.hybrid().absolute().inc(k, &r, 1).await.unwrap());
     }
 
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut admin)
-        .await
-        .expect("CONFIG RESETSTAT");
+    reset_stats(&mut admin).await;
     const CALLS: usize = 10_000;
     let started = Instant::now();
     let mut local = 0;
@@ -443,7 +268,7 @@ async fn the_fast_path_does_no_redis_io() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed();
-    let calls = command_calls(&mut admin).await;
+    let calls = all_command_calls(&mut admin).await;
     let evalsha = calls
         .iter()
         .find(|(name, _)| name == "evalsha")
@@ -587,10 +412,9 @@ async fn two_instances_never_overshoot_and_use_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_give_back_keeps_the_window_total() {
     let _guard = light().await;
-    let rl = RateLimiter::builder(connect(&redis_url()).await)
-        .window_size_seconds(1)
+    let rl = builder_at(&hybrid_redis_url(), &unique("hgive"), 1)
+        .await
         .rate_group_size_ms(1)
-        .redis_prefix(unique("hgive"))
         .build()
         .expect("valid settings");
     let k = key("giveback");
@@ -735,13 +559,7 @@ async fn redis_going_away_and_coming_back() {
     .await
     .expect("inc on a never-seen key must fail, not hang, while Redis is down");
     let failed_after = asked.elapsed();
-    let message = match result {
-        Err(error @ TrypemaError::Redis(_)) => {
-            assert_eq!(error.code(), "TRYPEMA_REDIS");
-            error.to_string()
-        }
-        other => panic!("expected TrypemaError::Redis, got {other:?}"),
-    };
+    let message = redis_error_message(result);
     assert!(
         failed_after <= Duration::from_secs(10) + Duration::from_millis(500),
         "the error took {failed_after:?}"
@@ -768,28 +586,12 @@ async fn redis_going_away_and_coming_back() {
 
     // Back on the same port (empty: no scripts loaded, no state): calls succeed again on
     // their own within a few seconds.
-    server.restart();
-    let restarted = Instant::now();
-    let recovered = loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(15),
-            rl.hybrid().absolute().inc(&fresh, &r, 1),
-        )
-        .await
-        .expect("inc must not hang after Redis is back");
-        match attempt {
-            Ok(decision) => {
-                assert_allowed(decision);
-                break restarted.elapsed();
-            }
-            Err(error) => assert!(
-                restarted.elapsed() < Duration::from_secs(10),
-                "still failing {:?} after the restart: {error}",
-                restarted.elapsed()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let recovered = restart_and_recover(
+        &mut server,
+        || rl.hybrid().absolute().inc(&fresh, &r, 1),
+        assert_allowed,
+    )
+    .await;
     eprintln!(
         "redis trouble: {served} calls served from the lease after the kill; a never-seen key \
          failed after {failed_after:?} ({message}); recovered {recovered:?} after the restart"

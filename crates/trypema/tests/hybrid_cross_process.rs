@@ -9,6 +9,8 @@
 //! `cargo build -p trypema --features redis-tokio --example hammer`.
 #![cfg(feature = "redis-tokio")]
 
+mod support;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
@@ -18,33 +20,16 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use support::{busiest_window, example_path, hybrid_redis_url, unique};
+
 const RATE: u64 = 300;
 const WINDOW_S: u64 = 1;
 const DURATION_MS: u64 = 3000;
 const CONCURRENCY: usize = 32;
 
-fn redis_url() -> String {
-    std::env::var("TRYPEMA_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "TRYPEMA_TEST_REDIS_URL is not set: the hybrid provider tests need a disposable Redis \
-             (e.g. `redis-server --port 6403 --save ''` and \
-             TRYPEMA_TEST_REDIS_URL=redis://127.0.0.1:6403/); `npm test` sets it"
-        )
-    })
-}
-
 /// `target/<profile>/examples/hammer`, next to this test's `target/<profile>/deps/`.
 fn hammer_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|profile| {
-            profile
-                .join("examples")
-                .join(format!("hammer{}", std::env::consts::EXE_SUFFIX))
-        })
-        .expect("the test executable lives in target/<profile>/deps");
+    let path = example_path("hammer");
     assert!(
         path.is_file(),
         "{} is missing: build it first with \
@@ -197,10 +182,10 @@ fn parse_report(name: &str, stdout: &str, stderr: &str) -> Report {
 
 #[test]
 fn processes_sharing_a_key_never_overshoot() {
-    let url = redis_url();
+    let url = hybrid_redis_url();
     let hammer = hammer_path();
     let node = node_fixture();
-    let prefix = format!("hxproc{:016x}", rand::random::<u64>());
+    let prefix = unique("hxproc");
     let key = "shared";
     let args = [
         url.clone(),
@@ -321,16 +306,8 @@ fn processes_sharing_a_key_never_overshoot() {
     let window_ms = (WINDOW_S * 1000) as f64;
 
     // Zero overshoot: no 1000 ms span (starting at any admission) holds more than C.
-    let mut busiest = (0, 0.0);
-    let mut first = 0;
-    for (last, &at) in all.iter().enumerate() {
-        while at - all[first] >= window_ms {
-            first += 1;
-        }
-        if last + 1 - first > busiest.0 {
-            busiest = (last + 1 - first, all[first] - go_ms);
-        }
-    }
+    let (count, from) = busiest_window(&all, window_ms);
+    let busiest = (count, from - go_ms);
     // Windows aligned on the release: [go + k s, go + (k + 1) s).
     let windows: Vec<usize> = (0..DURATION_MS.div_ceil(1000) + 1)
         .map(|k| {

@@ -3,80 +3,38 @@
 //! Decisions are local, on the window totals read from Redis at each sync plus this
 //! instance's own calls since. Windows are 1–2 s and the tests sleep for real. Every test
 //! works under its own random prefix and keys; the one that kills the server runs a private
-//! `redis-server`; the load tests take [`CPU`] exclusively.
+//! `redis-server`; the load tests take the `CPU` lock exclusively ([`support::heavy`]).
 #![cfg(feature = "redis-tokio")]
 
+mod support;
+
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use redis::aio::ConnectionManager;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use trypema::{redis::RedisKey, RateLimit, RateLimitDecision, RateLimiter, TrypemaError};
+use support::{
+    builder_at, busiest_window, connect, heavy, hybrid_redis_url, key, light, rate,
+    redis_error_message, restart_and_recover, unique, PrivateRedis,
+};
+use trypema::{redis::RedisKey, RateLimitDecision, RateLimiter};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Held shared by ordinary tests, exclusively by the load tests.
-static CPU: RwLock<()> = RwLock::const_new(());
-
-async fn light() -> RwLockReadGuard<'static, ()> {
-    CPU.read().await
-}
-
-async fn heavy() -> RwLockWriteGuard<'static, ()> {
-    CPU.write().await
-}
-
-fn redis_url() -> String {
-    std::env::var("TRYPEMA_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "TRYPEMA_TEST_REDIS_URL is not set: the hybrid provider tests need a disposable Redis \
-             (e.g. `redis-server --port 6403 --save ''` and \
-             TRYPEMA_TEST_REDIS_URL=redis://127.0.0.1:6403/); `npm test` sets it"
-        )
-    })
-}
-
-async fn connect(url: &str) -> ConnectionManager {
-    redis::Client::open(url)
-        .unwrap_or_else(|error| panic!("invalid Redis URL {url:?}: {error}"))
-        .get_connection_manager()
-        .await
-        .unwrap_or_else(|error| panic!("cannot connect to {url:?}: {error}"))
-}
-
-/// `name` plus a random suffix, so parallel tests (and reruns) never share state.
-fn unique(name: &str) -> String {
-    format!("{name}{:016x}", rand::random::<u64>())
-}
-
-fn key(name: &str) -> RedisKey {
-    RedisKey::try_from(unique(name)).expect("valid key")
-}
-
-fn rate(value: f64) -> RateLimit {
-    RateLimit::try_from(value).expect("valid rate")
-}
-
 /// A limiter over a fresh connection to `url` (each limiter its own connection manager, as
 /// if it were another process).
 async fn limiter_at(url: &str, prefix: &str, window_s: u64, hard_limit_factor: f64) -> RateLimiter {
-    RateLimiter::builder(connect(url).await)
-        .window_size_seconds(window_s)
+    builder_at(url, prefix, window_s)
+        .await
         .hard_limit_factor(hard_limit_factor)
-        .redis_prefix(prefix)
         .build()
         .expect("valid settings")
 }
 
 async fn limiter(prefix: &str, window_s: u64, hard_limit_factor: f64) -> RateLimiter {
-    limiter_at(&redis_url(), prefix, window_s, hard_limit_factor).await
+    limiter_at(&hybrid_redis_url(), prefix, window_s, hard_limit_factor).await
 }
 
 async fn inc(rl: &RateLimiter, key: &RedisKey, rate: f64, count: u64) -> RateLimitDecision {
@@ -118,90 +76,6 @@ fn check(decision: RateLimitDecision) -> RateLimitDecision {
         other => panic!("the suppressed strategy never rejects: {other:?}"),
     }
     decision
-}
-
-/// The most timestamps (µs, sorted) inside any half-open interval of `window_us`.
-fn busiest_window(sorted: &[u64], window_us: u64) -> usize {
-    let mut best = 0;
-    let mut first = 0;
-    for (last, &at) in sorted.iter().enumerate() {
-        while at - sorted[first] >= window_us {
-            first += 1;
-        }
-        best = best.max(last + 1 - first);
-    }
-    best
-}
-
-/// A `redis-server` of this test's own, on a free port, killed when dropped.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, child: None };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers `PING`.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot start `redis-server` (this test runs a private one): {error}")
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer PING",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,7 +237,7 @@ async fn steady_overload_from_two_instances_settles_near_the_rate() {
     let hard_capacity = (WINDOW_S as f64 * RATE * HARD) as usize;
     // Spans one 100 ms bucket shorter than the window: a bucket leaves the window by its
     // start, so the calls late in a bucket are counted for less than a full window.
-    let busiest = busiest_window(&admitted, WINDOW_S * 1_000_000 - 100_000);
+    let (busiest, _) = busiest_window(&admitted, WINDOW_S * 1_000_000 - 100_000);
     eprintln!(
         "steady overload: {offered} offered ({}/s), rate {RATE}/s: admitted per second \
          {per_second:?}, {admitted_rate:.1}/s after the first window; busiest {WINDOW_S} s \
@@ -433,7 +307,7 @@ async fn burst_from_two_instances_stays_within_the_stated_bound() {
     }
     admitted.sort_unstable();
     // As above, spans one 100 ms bucket shorter than the window.
-    let busiest = busiest_window(&admitted, 900_000);
+    let (busiest, _) = busiest_window(&admitted, 900_000);
     let per_100ms: Vec<usize> = (0..run.as_millis() as u64 / 100)
         .map(|slot| admitted.iter().filter(|&&at| at / 100_000 == slot).count())
         .collect();
@@ -502,40 +376,18 @@ async fn redis_going_away_and_coming_back() {
     .await
     .expect("inc on a never-seen key must fail, not hang, while Redis is down");
     let failed_after = asked.elapsed();
-    let message = match result {
-        Err(error @ TrypemaError::Redis(_)) => {
-            assert_eq!(error.code(), "TRYPEMA_REDIS");
-            error.to_string()
-        }
-        other => panic!("expected TrypemaError::Redis, got {other:?}"),
-    };
+    let message = redis_error_message(result);
     assert!(
         failed_after <= Duration::from_millis(10_500),
         "the error took {failed_after:?}"
     );
 
-    server.restart();
-    let restarted = Instant::now();
-    let recovered = loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(15),
-            rl.hybrid().suppressed().inc(&fresh, &rate(100.0), 1),
-        )
-        .await
-        .expect("inc must not hang after Redis is back");
-        match attempt {
-            Ok(decision) => {
-                assert_eq!(check(decision), RateLimitDecision::Allowed);
-                break restarted.elapsed();
-            }
-            Err(error) => assert!(
-                restarted.elapsed() < Duration::from_secs(10),
-                "still failing {:?} after the restart: {error}",
-                restarted.elapsed()
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let recovered = restart_and_recover(
+        &mut server,
+        || async { rl.hybrid().suppressed().inc(&fresh, &rate(100.0), 1).await },
+        |decision| assert_eq!(check(decision), RateLimitDecision::Allowed),
+    )
+    .await;
     eprintln!(
         "suppressed, redis trouble: {served} calls decided locally after the kill; a \
          never-seen key failed after {failed_after:?} ({message}); recovered {recovered:?} after the restart"

@@ -9,19 +9,16 @@
 //! `unshare --net`), `ip`, `redis-server` and `redis-cli`.
 #![cfg(feature = "redis-tokio")]
 
+mod support;
+
 use std::{path::PathBuf, process::Command};
+
+use support::example_path;
 
 /// `target/<profile>/examples/quickstart_redis`, found from this test's own executable
 /// (`target/<profile>/deps/quickstart_example-<hash>`).
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test executable lives in target/<profile>/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("quickstart_redis{}", std::env::consts::EXE_SUFFIX));
+    let binary = example_path("quickstart_redis");
     assert!(
         binary.is_file(),
         "example binary {} not found: a plain `cargo test -p trypema --all-features` builds it; \

@@ -3,13 +3,13 @@
 //! The scripts read the server's clock, so time cannot be mocked: windows are short and the
 //! tests sleep for real. Every test works under its own random prefix and keys, since tests
 //! share one Redis and run in parallel; the few that read server-wide statistics (or flush
-//! the script cache) take [`SERVER`] exclusively.
+//! the script cache) take the `SERVER` lock exclusively ([`support::exclusive`]).
 #![cfg(feature = "redis-tokio")]
+
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader, Write},
-    net::TcpStream,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -17,120 +17,27 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use trypema::{redis::RedisKey, RateLimit, RateLimitDecision, RateLimiter, TrypemaError};
+use redis::aio::ConnectionManager;
+use support::{
+    assert_allowed, assert_each_call_is_one_evalsha, client_addr, client_commands, command,
+    connection, entity_of, exclusive, key, rate, redis_builder, redis_error_message, reset_stats,
+    scan, unique, unreachable_limiter, Env, Monitor,
+};
+use trypema::{redis::RedisKey, RateLimitDecision, RateLimiter, TrypemaError};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Held shared by ordinary tests, exclusively by those that read server-wide statistics.
-static SERVER: RwLock<()> = RwLock::const_new(());
-
-fn redis_url() -> String {
-    std::env::var("TRYPEMA_TEST_REDIS_URL").unwrap_or_else(|_| {
-        panic!(
-            "TRYPEMA_TEST_REDIS_URL is not set: the Redis provider tests need a disposable Redis \
-             (e.g. `redis-server --port 6401 --save ''` and \
-             TRYPEMA_TEST_REDIS_URL=redis://127.0.0.1:6401/); `npm test` sets it"
-        )
-    })
-}
-
-async fn connection() -> ConnectionManager {
-    let url = redis_url();
-    redis::Client::open(url.as_str())
-        .unwrap_or_else(|error| panic!("invalid TRYPEMA_TEST_REDIS_URL {url:?}: {error}"))
-        .get_connection_manager()
-        .await
-        .unwrap_or_else(|error| panic!("cannot connect to TRYPEMA_TEST_REDIS_URL {url:?}: {error}"))
-}
-
-/// `name` plus a random suffix, so parallel tests (and reruns) never share state.
-fn unique(name: &str) -> String {
-    format!("{name}{:016x}", rand::random::<u64>())
-}
-
-fn key(name: &str) -> RedisKey {
-    RedisKey::try_from(unique(name)).expect("valid key")
-}
-
-fn rate(value: f64) -> RateLimit {
-    RateLimit::try_from(value).expect("valid rate")
-}
-
-/// One test's view of Redis: its own prefix and an admin connection separate from the
-/// limiter's, plus the shared hold on [`SERVER`].
-struct Env {
-    prefix: String,
-    admin: ConnectionManager,
-    _shared: RwLockReadGuard<'static, ()>,
-}
-
+/// This binary's [`Env`]: prefixes start with `tsup`; limiters take a hard limit factor.
 impl Env {
     async fn new() -> Self {
-        let shared = SERVER.read().await;
-        Self {
-            prefix: unique("tsup"),
-            admin: connection().await,
-            _shared: shared,
-        }
+        Self::with_prefix("tsup").await
     }
 
-    /// A limiter over a fresh connection with this test's prefix.
     /// A limiter over a fresh connection with this test's prefix.
     async fn limiter(&self, window_s: u64, group_ms: u64, hard_limit_factor: f64) -> RateLimiter {
         build_limiter(&self.prefix, window_s, group_ms, hard_limit_factor).await
-    }
-
-    /// The Redis key holding `key`'s state for `tag` (`a` or `s`).
-    fn entity(&self, key: &RedisKey, tag: &str) -> String {
-        format!("{{{}:{}}}:{tag}", self.prefix, key.as_str())
-    }
-
-    async fn exists(&mut self, name: &str) -> bool {
-        redis::cmd("EXISTS")
-            .arg(name)
-            .query_async::<i64>(&mut self.admin)
-            .await
-            .expect("EXISTS")
-            == 1
-    }
-
-    async fn pttl(&mut self, name: &str) -> i64 {
-        redis::cmd("PTTL")
-            .arg(name)
-            .query_async(&mut self.admin)
-            .await
-            .expect("PTTL")
-    }
-
-    /// Every key under this test's prefix expires within one 1 s window (PTTL in (0, 1001]).
-    async fn assert_ttls(&mut self, after: &str) {
-        let names = self.keys().await;
-        assert!(!names.is_empty(), "after {after}: no keys at all");
-        for name in &names {
-            let ttl = self.pttl(name).await;
-            assert!(
-                ttl > 0 && ttl <= 1001,
-                "after {after}: PTTL of {name} is {ttl}"
-            );
-        }
-    }
-
-    /// The entities (`{prefix:key}:a` or `:s`) the keys under this test's prefix belong to.
-    async fn entities(&mut self) -> BTreeSet<String> {
-        self.keys()
-            .await
-            .iter()
-            .map(|name| entity_of(name))
-            .collect()
-    }
-
-    /// Every key under this test's prefix, by SCAN.
-    async fn keys(&mut self) -> BTreeSet<String> {
-        scan(&mut self.admin, &format!("{{{}:*", self.prefix)).await
     }
 }
 
@@ -140,50 +47,11 @@ async fn build_limiter(
     group_ms: u64,
     hard_limit_factor: f64,
 ) -> RateLimiter {
-    RateLimiter::builder(connection().await)
-        .window_size_seconds(window_s)
-        .rate_group_size_ms(group_ms)
+    redis_builder(prefix, window_s, group_ms)
+        .await
         .hard_limit_factor(hard_limit_factor)
-        .redis_prefix(prefix)
         .build()
         .expect("valid settings")
-}
-
-/// The entity a key belongs to: `{prefix:key}:a` itself, or `{prefix:key}:a:<anything>` (and
-/// the same for `s`). Panics on a key outside that layout.
-#[track_caller]
-fn entity_of(name: &str) -> String {
-    let close = name
-        .find("}:")
-        .unwrap_or_else(|| panic!("{name}: not `{{prefix:key}}:<strategy>...`"));
-    assert!(name.starts_with('{'), "{name}: no hash tag");
-    let strategy = name[close + 2..].split(':').next().unwrap_or_default();
-    assert!(
-        strategy == "a" || strategy == "s",
-        "{name}: strategy part must be `a` or `s`"
-    );
-    name[..close + 3].to_string()
-}
-
-async fn scan(admin: &mut ConnectionManager, pattern: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(admin)
-            .await
-            .expect("SCAN");
-        found.extend(batch);
-        if next == 0 {
-            return found;
-        }
-        cursor = next;
-    }
 }
 
 /// `(suppression_factor, is_allowed)` of a `Suppressed` decision.
@@ -202,11 +70,6 @@ fn suppressed(decision: RateLimitDecision) -> (f64, bool) {
         }
         other => panic!("expected Suppressed, got {other:?}"),
     }
-}
-
-#[track_caller]
-fn assert_allowed(decision: RateLimitDecision) {
-    assert_eq!(decision, RateLimitDecision::Allowed);
 }
 
 async fn inc(rl: &RateLimiter, key: &RedisKey, rate: f64, count: u64) -> RateLimitDecision {
@@ -242,128 +105,6 @@ async fn snapshot(admin: &mut ConnectionManager, pattern: &str) -> BTreeMap<Stri
     copies
 }
 
-/// The exclusive hold on [`SERVER`], for tests that read server-wide statistics.
-async fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    SERVER.write().await
-}
-
-/// What a limiter's client sent, seen through `MONITOR` on a raw connection of its own.
-struct Monitor {
-    reader: std::thread::JoinHandle<Vec<String>>,
-    marker: String,
-}
-
-/// One `MONITOR` line: the client address (`lua` for commands a script ran) and the command.
-struct Seen {
-    source: String,
-    command: String,
-}
-
-impl Monitor {
-    fn start() -> Self {
-        let client = redis::Client::open(redis_url()).expect("valid redis URL");
-        let redis::ConnectionAddr::Tcp(host, port) = client.get_connection_info().addr().clone()
-        else {
-            panic!("the MONITOR helper only speaks plain TCP; use a redis:// URL");
-        };
-        let mut stream = TcpStream::connect((host.as_str(), port)).expect("connect for MONITOR");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("read timeout");
-        stream.write_all(b"MONITOR\r\n").expect("send MONITOR");
-        let mut reader = BufReader::new(stream);
-        let mut ok = String::new();
-        reader.read_line(&mut ok).expect("MONITOR reply");
-        assert_eq!(ok.trim_end(), "+OK", "MONITOR failed");
-        let marker = unique("trypema-monitor-end-");
-        let end = marker.clone();
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            loop {
-                let mut line = String::new();
-                let read = reader.read_line(&mut line).expect("read MONITOR line");
-                assert!(read > 0, "MONITOR connection closed");
-                if line.contains(&end) {
-                    return lines;
-                }
-                lines.push(line.trim_end().to_string());
-            }
-        });
-        Self { reader, marker }
-    }
-
-    /// Ends the capture (by sending a marker through `admin`) and returns what was seen.
-    async fn stop(self, admin: &mut ConnectionManager) -> Vec<Seen> {
-        let _: String = redis::cmd("ECHO")
-            .arg(&self.marker)
-            .query_async(admin)
-            .await
-            .expect("ECHO");
-        let lines = tokio::task::spawn_blocking(move || self.reader.join())
-            .await
-            .expect("join")
-            .expect("MONITOR reader panicked");
-        lines
-            .iter()
-            .map(|line| {
-                // `+1700000000.123456 [0 127.0.0.1:5000] "evalsha" "..."` or `[0 lua]`.
-                let open = line
-                    .find('[')
-                    .unwrap_or_else(|| panic!("odd MONITOR line {line}"));
-                let close = open + line[open..].find(']').expect("]");
-                let source = line[open + 1..close]
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string();
-                let command = line[close + 1..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_ascii_lowercase();
-                Seen { source, command }
-            })
-            .collect()
-    }
-}
-
-/// The `addr=` of `connection` as Redis sees it.
-async fn client_addr(connection: &mut ConnectionManager) -> String {
-    let info: String = redis::cmd("CLIENT")
-        .arg("INFO")
-        .query_async(connection)
-        .await
-        .expect("CLIENT INFO");
-    info.split_whitespace()
-        .find_map(|field| field.strip_prefix("addr="))
-        .expect("addr= in CLIENT INFO")
-        .to_string()
-}
-
-/// What the limiter's own connection sent: everything except scripts' inner commands and the
-/// test's admin connection.
-fn client_commands(seen: &[Seen], admin_addr: &str) -> Vec<String> {
-    seen.iter()
-        .filter(|seen| seen.source != "lua" && seen.source != admin_addr)
-        .map(|seen| seen.command.clone())
-        .collect()
-}
-
-/// `calls` of `cmdstat_<command>` in `INFO commandstats` (subcommands as `script|load`), if
-/// Redis ran it since the last `CONFIG RESETSTAT`.
-async fn command_calls(admin: &mut ConnectionManager, command: &str) -> Option<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(admin)
-        .await
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines().find_map(|line| {
-        let rest = line.strip_prefix(&prefix)?;
-        rest.split(',').next()?.parse().ok()
-    })
-}
 // ---------------------------------------------------------------------------------------------
 // Decisions
 // ---------------------------------------------------------------------------------------------
@@ -813,11 +554,7 @@ async fn each_call_is_one_evalsha() {
     assert_allowed(inc(&rl, &k, 10.0, 1).await);
 
     let monitor = Monitor::start();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut admin)
-        .await
-        .expect("CONFIG RESETSTAT");
+    reset_stats(&mut admin).await;
     const CALLS: u64 = 30;
     for i in 0..CALLS {
         if i % 5 == 4 {
@@ -826,16 +563,7 @@ async fn each_call_is_one_evalsha() {
             let _ = inc(&rl, &k, 10.0, 1).await; // allowed, then suppressed
         }
     }
-    assert_eq!(command_calls(&mut admin, "evalsha").await, Some(CALLS));
-    assert_eq!(command_calls(&mut admin, "eval").await, None);
-    assert_eq!(command_calls(&mut admin, "script|load").await, None);
-    let seen = monitor.stop(&mut admin).await;
-    let sent = client_commands(&seen, &admin_addr);
-    assert_eq!(sent.len() as u64, CALLS, "limiter sent {sent:?}");
-    assert!(
-        sent.iter().all(|command| command == "evalsha"),
-        "limiter sent {sent:?}"
-    );
+    assert_each_call_is_one_evalsha(&mut admin, monitor, &admin_addr, CALLS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,11 +577,7 @@ async fn script_is_reloaded_after_script_flush() {
     assert_allowed(inc(&rl, &k, 3.0, 1).await);
 
     let monitor = Monitor::start();
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query_async(&mut admin)
-        .await
-        .expect("SCRIPT FLUSH");
+    let _: () = command(&mut admin, "SCRIPT", "FLUSH").await;
     assert_allowed(inc(&rl, &k, 3.0, 2).await);
     assert!(!inc(&rl, &k, 3.0, 1).await.is_allowed());
     assert_eq!(factor(&rl, &k).await, 1.0);
@@ -879,30 +603,7 @@ async fn script_is_reloaded_after_script_flush() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_is_an_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let config = ConnectionManagerConfig::new()
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(10))
-        .set_max_delay(Duration::from_millis(50))
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_response_timeout(Some(Duration::from_millis(500)));
-    let connected = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.get_connection_manager_with_config(config.clone()),
-    )
-    .await
-    .expect("connecting to a closed port must fail promptly");
-    assert!(connected.is_err(), "connected to a closed port?");
-
-    let lazy = client.get_connection_manager_lazy(config).unwrap();
-    let rl = RateLimiter::builder(lazy)
-        .window_size_seconds(1)
-        .build()
-        .unwrap();
+    let rl = unreachable_limiter().await;
     let k = key("unreachable");
     let result = tokio::time::timeout(
         Duration::from_secs(10),
@@ -910,10 +611,7 @@ async fn unreachable_redis_is_an_error() {
     )
     .await
     .expect("fails promptly");
-    match result {
-        Err(error @ TrypemaError::Redis(_)) => assert_eq!(error.code(), "TRYPEMA_REDIS"),
-        other => panic!("expected TrypemaError::Redis, got {other:?}"),
-    }
+    redis_error_message(result);
     let result = tokio::time::timeout(
         Duration::from_secs(10),
         rl.redis().suppressed().get_suppression_factor(&k),
