@@ -43,9 +43,12 @@ export interface DrainedResults {
   errors: Array<RedisCallError>
 }
 
-export declare function hybridAbsoluteTry(handle: number, key: string, rate: number, count: number): number
-
-export declare function hybridSuppressedTry(handle: number, key: string, rate: number, count: number): number
+/**
+ * The hot-path functions, each `(handle, key, rate, count) => number`: `localAbsoluteInc` and
+ * `localSuppressedInc` return the encoded decision, `hybridAbsoluteTry` / `hybridSuppressedTry`
+ * the encoded decision or -2 when the call needs Redis.
+ */
+export declare function fastCalls(): Record<'localAbsoluteInc' | 'localSuppressedInc' | 'hybridAbsoluteTry' | 'hybridSuppressedTry', (handle: number, key: string, rate: number, count: number) => number>
 
 /** `remaining_after_waiting` of the last rejection returned on this thread. */
 export declare function lastRemaining(): number
@@ -63,13 +66,9 @@ export interface LimiterOptions {
   staleAfterMs?: number
 }
 
-export declare function localAbsoluteInc(handle: number, key: string, rate: number, count: number): number
-
 export declare function localAbsoluteIsAllowed(handle: number, key: string): number
 
 export declare function localSuppressedFactor(handle: number, key: string): number
-
-export declare function localSuppressedInc(handle: number, key: string, rate: number, count: number): number
 
 export interface RedisCallError {
   code: string

@@ -6,6 +6,8 @@
 
 const binding = require('./binding.js')
 const { NativeRateLimiter } = binding
+// The per-request calls, as raw N-API functions (see src/fast_calls.rs).
+const fast = binding.fastCalls()
 
 const ALLOWED = Object.freeze({ kind: 'allowed' })
 // Locally decided hybrid calls that are allowed all return this one settled Promise: awaiting
@@ -68,7 +70,7 @@ class LocalAbsolute {
   /** Records `count` for `key` unless that would exceed the window's capacity. */
   inc(key, rate, count = 1) {
     checkInc(key, rate, count)
-    return absoluteDecision(this.#windowSizeSeconds, binding.localAbsoluteInc(this.#handle, key, rate, count))
+    return absoluteDecision(this.#windowSizeSeconds, fast.localAbsoluteInc(this.#handle, key, rate, count))
   }
 
   /** Whether one more call would be admitted now; records nothing. */
@@ -90,7 +92,7 @@ class LocalSuppressed {
   /** Records `count` as observed for `key` and decides whether to admit it. */
   inc(key, rate, count = 1) {
     checkInc(key, rate, count)
-    return suppressedDecision(binding.localSuppressedInc(this.#handle, key, rate, count))
+    return suppressedDecision(fast.localSuppressedInc(this.#handle, key, rate, count))
   }
 
   /** The key's current suppression factor in [0, 1] (0 for an unknown key). */
@@ -298,7 +300,7 @@ class HybridAbsolute {
    * key's local lease without I/O (an already-settled Promise) whenever the lease covers it.
    */
   inc(key, rate, count = 1) {
-    return this.#calls.hybridInc(binding.hybridAbsoluteTry, OP_HYBRID_ABSOLUTE_INC, this.#rejected, key, rate, count)
+    return this.#calls.hybridInc(fast.hybridAbsoluteTry, OP_HYBRID_ABSOLUTE_INC, this.#rejected, key, rate, count)
   }
 
   /** Whether one more call would be admitted now; records nothing. */
@@ -317,7 +319,7 @@ class HybridSuppressed {
 
   /** Records `count` as observed for `key` and decides locally on the shared window totals. */
   inc(key, rate, count = 1) {
-    return this.#calls.hybridInc(binding.hybridSuppressedTry, OP_HYBRID_SUPPRESSED_INC, suppressedDecision, key, rate, count)
+    return this.#calls.hybridInc(fast.hybridSuppressedTry, OP_HYBRID_SUPPRESSED_INC, suppressedDecision, key, rate, count)
   }
 
   /** The key's current suppression factor in [0, 1] (0 for an unknown key). */

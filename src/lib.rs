@@ -7,5 +7,6 @@
 #![cfg_attr(test, allow(dead_code))]
 
 mod convert;
+mod fast_calls;
 mod limiter;
 mod redis_bridge;

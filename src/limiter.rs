@@ -230,48 +230,11 @@ pub(crate) fn remember(decision: trypema::RateLimitDecision) -> f64 {
     })
 }
 
-#[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn local_absolute_inc(
-    handle: u32,
-    key: KeyArg,
-    rate: f64,
-    count: f64,
-) -> napi::Result<f64, &'static str> {
-    with_limiter(handle, |limiter| {
-        let key = key.local()?;
-        let decision =
-            limiter
-                .core
-                .local()
-                .absolute()
-                .inc(key, &convert::rate(rate)?, convert::count(count)?);
-        Ok(remember(decision))
-    })
-}
-
 #[napi(ts_args_type = "handle: number, key: string")]
 pub fn local_absolute_is_allowed(handle: u32, key: KeyArg) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
         let key = key.local()?;
         Ok(remember(limiter.core.local().absolute().is_allowed(key)))
-    })
-}
-
-#[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn local_suppressed_inc(
-    handle: u32,
-    key: KeyArg,
-    rate: f64,
-    count: f64,
-) -> napi::Result<f64, &'static str> {
-    with_limiter(handle, |limiter| {
-        let key = key.local()?;
-        let decision = limiter.core.local().suppressed().inc(
-            key,
-            &convert::rate(rate)?,
-            convert::count(count)?,
-        );
-        Ok(remember(decision))
     })
 }
 

@@ -171,49 +171,7 @@ pub fn redis_enqueue(
 }
 
 /// `hybrid*Try` result when the call needs Redis: it is then queued like a `redis` call.
-const NEEDS_REDIS: f64 = -2.0;
-
-/// A hybrid fast path: the decision (encoded as for `local`) when local state decides it,
-/// else `NEEDS_REDIS`. Arguments are checked exactly as for a queued call. No thread hop, no I/O.
-fn hybrid_try(
-    handle: u32,
-    key: KeyArg,
-    rate: f64,
-    count: f64,
-    decide: impl FnOnce(&HybridProvider, &str, u64) -> Option<RateLimitDecision>,
-) -> napi::Result<f64, &'static str> {
-    with_limiter(handle, |limiter| {
-        limiter.redis_bridge()?;
-        let key = key.redis_text()?;
-        convert::rate(rate)?;
-        let decision = decide(limiter.core.hybrid(), key, convert::count(count)?);
-        Ok(decision.map_or(NEEDS_REDIS, crate::limiter::remember))
-    })
-}
-
-#[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn hybrid_absolute_try(
-    handle: u32,
-    key: KeyArg,
-    rate: f64,
-    count: f64,
-) -> napi::Result<f64, &'static str> {
-    hybrid_try(handle, key, rate, count, |hybrid, key, count| {
-        hybrid.absolute().try_inc_locally(key, count)
-    })
-}
-
-#[napi(ts_args_type = "handle: number, key: string, rate: number, count: number")]
-pub fn hybrid_suppressed_try(
-    handle: u32,
-    key: KeyArg,
-    rate: f64,
-    count: f64,
-) -> napi::Result<f64, &'static str> {
-    hybrid_try(handle, key, rate, count, |hybrid, key, count| {
-        hybrid.suppressed().try_inc_locally(key, count)
-    })
-}
+pub(crate) const NEEDS_REDIS: f64 = -2.0;
 
 /// Sends every queued call to the runtime in one hand-off.
 #[napi]
