@@ -31,3 +31,24 @@ impl RateLimitDecision {
         }
     }
 }
+
+/// A key's quota in one strategy: what `get` reports and `inc_with_quota` adds to a decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quota {
+    /// The capacity: `floor(window × rate)` for absolute, the soft capacity `window × rate` for
+    /// suppressed (the key's sticky rate when it has state).
+    pub limit: f64,
+    /// What is left of the limit: `limit − recorded`, never below 0, rounded down.
+    pub remaining: u64,
+    /// Milliseconds until the oldest recorded bucket leaves the window (0 without state).
+    pub reset_ms: u64,
+}
+
+/// The outcome of `inc_with_quota`: the decision `inc` would return, with the quota after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuotaDecision {
+    pub decision: RateLimitDecision,
+    pub quota: Quota,
+    /// Decided by the outage policy while Redis was unreachable, not by the shared state.
+    pub degraded: bool,
+}

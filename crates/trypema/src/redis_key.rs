@@ -1,7 +1,9 @@
 use crate::TrypemaError;
 
-/// A key (or prefix) that is safe to embed in trypema's Redis key layout: 1 to 255 bytes and no
-/// `:`, since `:` separates the parts of every key trypema writes.
+/// A key of the Redis-backed providers: any text of 1 to 255 bytes (`:`, `{`, `}` included, so
+/// `req.ip` or `user:123` work as they are). Also used for the prefix, which additionally has no
+/// `:`, so the layout `{<prefix>:<key>}:a` maps distinct (prefix, key) pairs to distinct Redis
+/// keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RedisKey(String);
 
@@ -15,8 +17,6 @@ fn check(value: &str) -> Result<(), String> {
             "must be at most {MAX_REDIS_KEY_BYTES} bytes, got {}",
             value.len()
         ))
-    } else if value.contains(':') {
-        Err(format!("must not contain ':', got {value:?}"))
     } else {
         Ok(())
     }
@@ -52,10 +52,14 @@ impl RedisKey {
         Self("trypema".into())
     }
 
-    /// Validates a prefix, which follows the key rules but reports its own error.
+    /// Validates a prefix: the key rules, and no `:`.
     pub(crate) fn prefix(value: impl Into<String>) -> Result<Self, TrypemaError> {
         let value = value.into();
         check(&value)
+            .and_then(|()| match value.contains(':') {
+                true => Err(format!("must not contain ':', got {value:?}")),
+                false => Ok(()),
+            })
             .map_err(|reason| TrypemaError::InvalidRedisPrefix(format!("a prefix {reason}")))?;
         Ok(Self(value))
     }

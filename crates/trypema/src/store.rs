@@ -51,6 +51,18 @@ impl<E> KeyedStore<E> {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.entries.remove(key);
+    }
+
+    /// Gives memory back after a sweep removed most keys: a map keeps its capacity otherwise,
+    /// so a burst of two million keys would hold its memory for the life of the process.
+    pub(crate) fn shrink_if_sparse(&self) {
+        if self.entries.capacity() > 1024 && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to_fit();
+        }
+    }
 }
 
 impl<E: Tracked> KeyedStore<E> {
@@ -58,5 +70,6 @@ impl<E: Tracked> KeyedStore<E> {
     pub(crate) fn drop_idle(&self, now_ms: u64, stale_after_ms: u64) {
         self.entries
             .retain(|_, entry| now_ms.saturating_sub(entry.last_seen_ms()) <= stale_after_ms);
+        self.shrink_if_sparse();
     }
 }

@@ -20,11 +20,12 @@ pub(crate) struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    /// Drops the buckets whose start is more than `window_ms` before `now_ms`.
+    /// Drops the buckets whose start is more than `window_ms` before `now_ms`, and empty
+    /// buckets at the old end (left by a refund: they free nothing, so no hint may name them).
     #[inline]
     pub(crate) fn evict(&mut self, now_ms: u64, window_ms: u64) {
         while let Some(oldest) = self.buckets.front() {
-            if now_ms.saturating_sub(oldest.start_ms) <= window_ms {
+            if now_ms.saturating_sub(oldest.start_ms) <= window_ms && oldest.observed > 0 {
                 break;
             }
             self.observed -= oldest.observed;
@@ -36,6 +37,9 @@ impl SlidingWindow {
     /// Adds `count` to the newest bucket if it started less than `group_ms` ago, else opens one.
     #[inline]
     pub(crate) fn record(&mut self, now_ms: u64, group_ms: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
         match self.buckets.back_mut() {
             Some(newest) if now_ms.saturating_sub(newest.start_ms) < group_ms => {
                 newest.observed += count;
@@ -47,6 +51,28 @@ impl SlidingWindow {
             }),
         }
         self.observed += count;
+    }
+
+    /// Takes back up to `count` accepted units, newest first; returns how many.
+    pub(crate) fn refund(&mut self, count: u64) -> u64 {
+        let mut left = count;
+        for bucket in self.buckets.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            let taken = left.min(bucket.observed - bucket.declined);
+            bucket.observed -= taken;
+            left -= taken;
+        }
+        self.observed -= count - left;
+        count - left
+    }
+
+    /// Milliseconds until the oldest bucket leaves the window (0 when empty).
+    pub(crate) fn reset_ms(&self, now_ms: u64, window_ms: u64) -> u64 {
+        self.buckets.front().map_or(0, |oldest| {
+            (oldest.start_ms + window_ms + 1).saturating_sub(now_ms)
+        })
     }
 
     /// Marks `count` of what the newest bucket observed as declined.
@@ -80,11 +106,16 @@ impl SlidingWindow {
     }
 
     /// The absolute strategy's refusal: when the oldest bucket leaves and what is left then.
-    pub(crate) fn rejection(&self, now_ms: u64, window_ms: u64) -> RateLimitDecision {
+    /// A count that can never fit (`fits` false) is told to wait a whole window.
+    pub(crate) fn rejection(&self, now_ms: u64, window_ms: u64, fits: bool) -> RateLimitDecision {
         let (retry_after_ms, remaining_after_waiting) = match self.buckets.front() {
             // A bucket is still counted while now - start == window_ms, so it is gone 1 ms later.
             Some(oldest) => (
-                (oldest.start_ms + window_ms + 1).saturating_sub(now_ms),
+                if fits {
+                    (oldest.start_ms + window_ms + 1).saturating_sub(now_ms)
+                } else {
+                    window_ms
+                },
                 self.accepted() - (oldest.observed - oldest.declined),
             ),
             None => (window_ms, 0),
@@ -127,7 +158,7 @@ mod tests {
         let mut window = SlidingWindow::default();
         window.record(100, 10, 3);
         window.record(400, 10, 2);
-        let decision = window.rejection(500, 1000);
+        let decision = window.rejection(500, 1000, true);
         assert_eq!(
             decision,
             RateLimitDecision::Rejected {

@@ -1,19 +1,17 @@
-//! The hybrid provider: decisions are made from local state, and a background task reconciles
-//! that state with Redis every `sync_interval_ms`, all keys of a strategy in one pipelined
-//! round trip.
+//! The hybrid provider: calls are decided from local state, and a background task reconciles
+//! it with Redis every `sync_interval_ms`, all keys of a strategy in one pipelined round trip.
 //!
-//! - **Absolute** works on leases: an instance reserves quota for a key from the Redis window
-//!   (atomically, by the same script and keys as the `redis` provider), serves calls from it
-//!   without I/O, and gives back what it did not use when the lease ends. The reservation is
-//!   counted in Redis for a full window after the lease ends, so the instances sharing a key
-//!   never admit more than its capacity in any window: the overshoot is zero (up to the error
-//!   of the clock anchor, see `redis::server_clock`).
-//! - **Suppressed** decides locally from the window totals last read from Redis plus its own
-//!   calls since, and pushes its observed / declined counts at every sync. Instances see each
-//!   other's traffic one sync interval late, so between syncs each may admit what the shared
-//!   factor allows on its own view.
+//! - **Absolute** serves calls from leases of quota reserved atomically in the key's Redis
+//!   window (same script and key as the `redis` provider), so the instances sharing a key never
+//!   admit more than its capacity in any window of Redis server time: zero overshoot.
+//! - **Suppressed** decides the shedding factor locally from the window totals last read from
+//!   Redis, and admits only from leases of admissions reserved under the hard ceiling the same
+//!   way, so the hard ceiling holds across instances too.
+//!
+//! See `lease.rs` for how leases are sized and returned.
 
 mod absolute;
+mod lease;
 mod suppressed;
 
 use std::{
@@ -21,13 +19,14 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 pub use absolute::AbsoluteHybridRateLimiter;
 pub use suppressed::SuppressedHybridRateLimiter;
 use tokio::sync::Notify;
 
+use self::lease::LeasePolicy;
 use crate::{redis::RedisContext, TrypemaError};
 
 /// `rl.hybrid()`: both strategies, synchronised by one background task.
@@ -35,22 +34,32 @@ use crate::{redis::RedisContext, TrypemaError};
 pub struct HybridProvider {
     absolute: AbsoluteHybridRateLimiter,
     suppressed: SuppressedHybridRateLimiter,
+    states: (Arc<absolute::AbsoluteState>, Arc<suppressed::SuppressedState>),
+    context: Arc<RedisContext>,
 }
 
 impl HybridProvider {
-    pub(crate) fn new(redis: Arc<RedisContext>) -> Self {
-        let signal = Arc::new(SyncSignal::new());
-        let absolute = Arc::new(absolute::AbsoluteState::new(redis.clone(), signal.clone()));
-        let suppressed = Arc::new(suppressed::SuppressedState::new(redis, signal.clone()));
+    pub(crate) fn new(context: Arc<RedisContext>) -> Self {
+        let signal = Arc::new(SyncSignal::default());
+        let policy = lease_policy(&context);
+        let absolute = Arc::new(absolute::AbsoluteState::new(context.clone(), signal.clone(), policy));
+        let suppressed = Arc::new(suppressed::SuppressedState::new(
+            context.clone(),
+            signal.clone(),
+            policy,
+        ));
         let task = Arc::new(SyncTask {
             started: OnceLock::new(),
             absolute: Arc::downgrade(&absolute),
             suppressed: Arc::downgrade(&suppressed),
             signal,
+            interval: Duration::from_millis(context.settings.sync_interval_ms),
         });
         Self {
-            absolute: AbsoluteHybridRateLimiter::new(absolute, task.clone()),
-            suppressed: SuppressedHybridRateLimiter::new(suppressed, task),
+            absolute: AbsoluteHybridRateLimiter::new(absolute.clone(), task.clone()),
+            suppressed: SuppressedHybridRateLimiter::new(suppressed.clone(), task),
+            states: (absolute, suppressed),
+            context,
         }
     }
 
@@ -64,21 +73,64 @@ impl HybridProvider {
         &self.suppressed
     }
 
+    pub(crate) fn context(&self) -> &Arc<RedisContext> {
+        &self.context
+    }
+
     pub(crate) fn sweepers(&self) -> Vec<Weak<dyn crate::cleanup::Sweep>> {
-        vec![self.absolute.sweeper(), self.suppressed.sweeper()]
+        let absolute: Arc<dyn crate::cleanup::Sweep> = self.states.0.clone();
+        let suppressed: Arc<dyn crate::cleanup::Sweep> = self.states.1.clone();
+        vec![Arc::downgrade(&absolute), Arc::downgrade(&suppressed)]
+    }
+
+    /// Gives back every unused lease and pushes pending counts, bounded by the command timeout.
+    pub(crate) async fn flush(&self) -> Result<(), TrypemaError> {
+        if !self.context.has_connection() {
+            return Ok(());
+        }
+        let (absolute, suppressed) =
+            futures_util::future::join(self.states.0.flush(), self.states.1.flush()).await;
+        absolute.and(suppressed)
+    }
+
+    /// On drop: the same as [`Self::flush`], in the background, when there is anything to give
+    /// back and a runtime to do it on.
+    pub(crate) fn flush_in_background(&self) {
+        if !self.context.has_connection() || (self.states.0.is_settled() && self.states.1.is_settled()) {
+            return;
+        }
+        let provider = self.clone();
+        let _ = crate::runtime::spawn(async move {
+            let _ = provider.flush().await;
+        });
+    }
+}
+
+/// Leases last a twentieth of the window (long enough to serve many calls per round trip,
+/// short enough that their delayed release costs little), and at least four sync intervals so
+/// renewals, which happen at syncs, come before a lease ends.
+fn lease_policy(context: &RedisContext) -> LeasePolicy {
+    let settings = context.settings();
+    let lease_ms = (settings.window_ms / 20)
+        .max(4 * settings.sync_interval_ms)
+        .min(settings.window_ms);
+    LeasePolicy {
+        lease_ms,
+        renew_margin_ms: 2 * settings.sync_interval_ms,
+        refusal_ms: (lease_ms / 4).max(settings.sync_interval_ms),
+        release_used: false,
     }
 }
 
 /// Wakes the sync task early, when a caller needs Redis before the next interval.
+#[derive(Default)]
 pub(crate) struct SyncSignal {
     wake: Notify,
 }
 
 impl SyncSignal {
-    fn new() -> Self {
-        Self {
-            wake: Notify::new(),
-        }
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 }
 
@@ -87,18 +139,18 @@ impl SyncSignal {
 pub(crate) struct Service {
     served: AtomicU64,
     done: Notify,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<TrypemaError>>,
 }
 
 impl Service {
-    /// Asks for a sync now and waits until it has handled this key (each key has its own
-    /// wake-up, so a round wakes only the callers it served). Bounded: the wait ends with an
-    /// error if Redis does not answer in time.
-    /// `register` marks what the caller needs; it runs after the current count is read, so a
+    /// Asks for a sync now and waits until a round has handled this key, or until `deadline`.
+    /// `register` marks what the caller needs; it runs after the round count is read, so a
     /// round that handles the need is never missed.
     pub(crate) async fn wait(
         &self,
         signal: &SyncSignal,
+        deadline: Instant,
+        limit: Duration,
         register: impl FnOnce(),
     ) -> Result<(), TrypemaError> {
         let before = self.served.load(Ordering::Acquire);
@@ -111,26 +163,27 @@ impl Service {
                 if self.served.load(Ordering::Acquire) != before {
                     break;
                 }
-                signal.wake.notify_one();
+                signal.wake();
                 done.await;
             }
         };
-        tokio::time::timeout(WAIT_LIMIT, waiting)
-            .await
-            .map_err(|_| sync_error("no answer from Redis in time".into()))?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if crate::runtime::timeout(left, waiting).await.is_none() {
+            return Err(TrypemaError::RedisTimeout(limit.as_millis() as u64));
+        }
         match self
             .failure
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .clone()
         {
-            Some(message) => Err(sync_error(message)),
+            Some(error) => Err(error),
             None => Ok(()),
         }
     }
 
     /// Called by the sync task once it has handled the key.
-    pub(crate) fn finish(&self, failure: Option<String>) {
+    pub(crate) fn finish(&self, failure: Option<TrypemaError>) {
         *self
             .failure
             .lock()
@@ -140,68 +193,50 @@ impl Service {
     }
 }
 
-/// Longer than a connect plus a response timeout, so a wait ends with Redis's own error.
-pub(crate) const WAIT_LIMIT: Duration = Duration::from_secs(10);
-
-/// A script's `{a, b, c, d}` reply (negative numbers read as 0), or why it is not one.
-pub(crate) fn four_numbers(value: Option<&redis::Value>, what: &str) -> Result<[u64; 4], String> {
-    match value {
-        Some(redis::Value::Array(items)) if items.len() == 4 => {
-            let mut numbers = [0u64; 4];
-            for (slot, item) in numbers.iter_mut().zip(items) {
-                match item {
-                    redis::Value::Int(number) => *slot = (*number).max(0) as u64,
-                    other => return Err(format!("unexpected {what} reply {other:?}")),
-                }
-            }
-            Ok(numbers)
-        }
-        Some(redis::Value::ServerError(error)) => Err(format!("{error:?}")),
-        other => Err(format!("unexpected {what} reply {other:?}")),
-    }
-}
-
-pub(crate) fn sync_error(message: String) -> TrypemaError {
-    TrypemaError::Redis(redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "hybrid sync with Redis failed",
-        message,
-    )))
-}
-
-/// The background task, started on first use (it needs the caller's Tokio runtime) and ended
-/// when the limiter is dropped.
+/// The background task, started on first use (it needs the caller's runtime) and ended when
+/// the limiter is dropped.
 pub(crate) struct SyncTask {
-    started: OnceLock<()>,
+    started: OnceLock<Result<(), TrypemaError>>,
     absolute: Weak<absolute::AbsoluteState>,
     suppressed: Weak<suppressed::SuppressedState>,
     signal: Arc<SyncSignal>,
+    interval: Duration,
 }
 
 impl SyncTask {
-    pub(crate) fn ensure_started(self: &Arc<Self>) {
-        self.started.get_or_init(|| {
-            let task = Arc::downgrade(self);
-            tokio::spawn(async move {
-                while let Some(task) = task.upgrade() {
-                    let (Some(absolute), Some(suppressed)) =
-                        (task.absolute.upgrade(), task.suppressed.upgrade())
-                    else {
-                        break;
-                    };
-                    let interval = absolute.sync_interval();
-                    // Hold no strong reference while waiting, so a dropped limiter ends the task.
-                    let signal = task.signal.clone();
-                    drop(task);
-                    // Concurrently, so a stuck round of one strategy does not hold up the other.
-                    tokio::join!(absolute.sync(), suppressed.sync());
-                    drop((absolute, suppressed));
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = signal.wake.notified() => {}
+    pub(crate) fn ensure_started(self: &Arc<Self>) -> Result<(), TrypemaError> {
+        self.started
+            .get_or_init(|| {
+                let task = Arc::downgrade(self);
+                crate::runtime::spawn(async move {
+                    loop {
+                        let Some(task) = task.upgrade() else { break };
+                        let (Some(absolute), Some(suppressed)) =
+                            (task.absolute.upgrade(), task.suppressed.upgrade())
+                        else {
+                            break;
+                        };
+                        // Hold no strong reference while waiting, so a dropped limiter ends
+                        // the task.
+                        let (signal, interval) = (task.signal.clone(), task.interval);
+                        drop(task);
+                        // Concurrently, so a stuck round of one strategy does not hold up the
+                        // other.
+                        futures_util::future::join(absolute.sync(), suppressed.sync()).await;
+                        drop((absolute, suppressed));
+                        let sleep = crate::runtime::sleep(interval);
+                        let woken = signal.wake.notified();
+                        futures_util::pin_mut!(sleep, woken);
+                        futures_util::future::select(sleep, woken).await;
                     }
-                }
-            });
-        });
+                })
+            })
+            .clone()
     }
+}
+
+/// The deadline of a call that may wait for Redis: the command timeout from now.
+pub(crate) fn deadline(context: &RedisContext) -> (Instant, Duration) {
+    let limit = Duration::from_millis(context.settings.command_timeout_ms);
+    (Instant::now() + limit, limit)
 }

@@ -1,23 +1,32 @@
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex, Weak,
+    Arc, Mutex, MutexGuard,
 };
 
 use dashmap::DashMap;
 
-use super::{Service, SyncSignal, SyncTask};
+use super::{
+    lease::{Grant, LeasePolicy, LeaseRequest, Leases, Take},
+    Service, SyncSignal, SyncTask,
+};
 use crate::{
     cleanup::Sweep,
-    redis::{suppressed as script, RedisContext, RedisKey},
+    metrics::{Provider, Strategy},
+    redis::{
+        connection::SUPPRESSED,
+        script::{self, suppressed as mode},
+        suppressed_args, RedisContext, RedisKey, Tag,
+    },
     suppression::SuppressionLimits,
-    RateLimit, RateLimitDecision, TrypemaError,
+    Quota, QuotaDecision, RateLimit, RateLimitDecision, TrypemaError,
 };
 
-/// Syncs a key far below its soft capacity may skip in a row.
+/// Pushes a key far below its soft capacity may skip in a row.
 const SKIPPABLE_SYNCS: u32 = 9;
 
-/// Suppressed strategy, hybrid: decided locally on the shared window totals, which are pushed
-/// to and read from Redis every sync interval.
+/// Suppressed strategy, hybrid: the factor is computed locally on the shared window totals,
+/// which are pushed to and read from Redis every sync interval; every admission comes from a
+/// lease of admissions reserved in Redis under the hard ceiling.
 #[derive(Clone)]
 pub struct SuppressedHybridRateLimiter {
     state: Arc<SuppressedState>,
@@ -28,10 +37,12 @@ pub(crate) struct SuppressedState {
     redis: Arc<RedisContext>,
     signal: Arc<SyncSignal>,
     entries: DashMap<Box<str>, Arc<SharedEntry>, ahash::RandomState>,
+    policy: LeasePolicy,
 }
 
 struct SharedEntry {
     view: Mutex<SharedView>,
+    leases: Leases,
     /// A caller needs a fresh view from Redis.
     wanted: AtomicBool,
     last_seen: AtomicU64,
@@ -43,69 +54,166 @@ struct SharedEntry {
 struct SharedView {
     /// `None` until Redis has answered once.
     limits: Option<SuppressionLimits>,
+    /// The latest caller's rate, for state Redis creates.
     rate: f64,
     synced_at: u64,
     observed: u64,
     declined: u64,
+    reserved: u64,
     last_second: u64,
     pending_observed: u64,
     pending_declined: u64,
     sending_observed: u64,
     sending_declined: u64,
-    /// Syncs skipped in a row while far below the soft capacity.
+    cached_shedding: f64,
+    shedding_until: u64,
     skipped: u32,
 }
 
 impl SharedView {
-    fn observed(&self) -> u64 {
-        self.observed + self.sending_observed + self.pending_observed
-    }
-
-    fn accepted(&self) -> u64 {
-        self.observed() - (self.declined + self.sending_declined + self.pending_declined)
-    }
-
-    fn factor(&self, limits: &SuppressionLimits, accepted: u64) -> f64 {
-        limits.factor(accepted, || {
-            let recent = self.last_second + self.sending_observed + self.pending_observed;
-            let perceived = (self.observed() as f64 / limits.window_seconds).max(recent as f64);
-            if perceived <= 0.0 {
-                0.0
-            } else {
-                (1.0 - limits.rate / perceived).clamp(0.0, 1.0)
-            }
-        })
-    }
-
-    fn inc(&mut self, limits: &SuppressionLimits, count: u64) -> RateLimitDecision {
-        let accepted = self.accepted();
-        self.pending_observed += count;
-        let admitted_if_allowed = accepted.saturating_add(count) as f64;
-        if admitted_if_allowed <= limits.soft {
-            return RateLimitDecision::Allowed;
+    fn new(rate: f64) -> Self {
+        Self {
+            limits: None,
+            rate,
+            synced_at: 0,
+            observed: 0,
+            declined: 0,
+            reserved: 0,
+            last_second: 0,
+            pending_observed: 0,
+            pending_declined: 0,
+            sending_observed: 0,
+            sending_declined: 0,
+            cached_shedding: 0.0,
+            shedding_until: 0,
+            skipped: 0,
         }
-        let (suppression_factor, is_allowed) = if admitted_if_allowed > limits.hard {
-            (1.0, false)
+    }
+
+    /// What counts against the capacities: admitted (reported or not) plus every instance's
+    /// unused reservations except this instance's own (which it may still admit from).
+    fn accepted(&self, own_available: u64) -> u64 {
+        (self.observed + self.reserved).saturating_sub(self.declined + own_available)
+    }
+
+    fn shedding(&mut self, limits: &SuppressionLimits, now: u64, cache_ms: u64) -> f64 {
+        if now < self.shedding_until {
+            return self.cached_shedding;
+        }
+        let unsent = self.sending_observed + self.pending_observed;
+        let perceived = ((self.observed + unsent) as f64 / limits.window_seconds)
+            .max((self.last_second + unsent) as f64);
+        self.cached_shedding = if perceived <= 0.0 {
+            0.0
         } else {
-            let factor = self.factor(limits, accepted);
-            (factor, rand::random::<f64>() >= factor)
+            (1.0 - limits.rate / perceived).clamp(0.0, 1.0)
         };
-        if !is_allowed {
+        self.shedding_until = now + cache_ms;
+        self.cached_shedding
+    }
+
+    fn factor(&mut self, limits: &SuppressionLimits, accepted: u64, now: u64, cache_ms: u64) -> f64 {
+        let accepted_f = accepted as f64;
+        if accepted_f < limits.soft {
+            0.0
+        } else if accepted_f >= limits.hard {
+            1.0
+        } else {
+            self.shedding(limits, now, cache_ms)
+        }
+    }
+
+    fn record(&mut self, count: u64, declined: bool) {
+        self.pending_observed += count;
+        if declined {
             self.pending_declined += count;
         }
-        RateLimitDecision::Suppressed {
-            suppression_factor,
-            is_allowed,
+    }
+}
+
+impl SharedEntry {
+    fn lock(&self) -> MutexGuard<'_, SharedView> {
+        self.view.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Decides from the local view and leases: `None` when the view is too old or an admission
+    /// needs quota the leases do not have (then Redis is asked).
+    fn decide_locally(
+        &self,
+        state: &SuppressedState,
+        now: u64,
+        count: u64,
+        first_attempt: bool,
+    ) -> Option<RateLimitDecision> {
+        let mut view = self.lock();
+        let limits = state.usable(&view, now)?;
+        let accepted = view.accepted(self.leases.available(now));
+        let after = accepted.saturating_add(count) as f64;
+        let cache_ms = state.redis.settings().suppression_cache_ms;
+        let admit = |view: &mut SharedView, decision: RateLimitDecision| {
+            if count == 0 {
+                return Some(decision);
+            }
+            match self.leases.take(now, count, first_attempt) {
+                Take::Taken { renew } => {
+                    if renew {
+                        state.signal.wake();
+                    }
+                    view.record(count, false);
+                    Some(decision)
+                }
+                // Redis just said no admission fits under the hard ceiling: declined.
+                Take::Short => self
+                    .leases
+                    .refused(now, count, state.redis.settings().window_ms)
+                    .map(|_| {
+                        view.record(count, true);
+                        RateLimitDecision::Suppressed {
+                            suppression_factor: 1.0,
+                            is_allowed: false,
+                        }
+                    }),
+            }
+        };
+        if after <= limits.soft {
+            return admit(&mut view, RateLimitDecision::Allowed);
+        }
+        if after > limits.hard {
+            view.record(count, true);
+            return Some(RateLimitDecision::Suppressed {
+                suppression_factor: 1.0,
+                is_allowed: false,
+            });
+        }
+        let factor = view.factor(&limits, accepted, now, cache_ms);
+        if rand::random::<f64>() >= factor {
+            admit(
+                &mut view,
+                RateLimitDecision::Suppressed {
+                    suppression_factor: factor,
+                    is_allowed: true,
+                },
+            )
+        } else {
+            view.record(count, true);
+            Some(RateLimitDecision::Suppressed {
+                suppression_factor: factor,
+                is_allowed: false,
+            })
         }
     }
 }
 
 impl SuppressedState {
-    pub(crate) fn new(redis: Arc<RedisContext>, signal: Arc<SyncSignal>) -> Self {
+    pub(crate) fn new(redis: Arc<RedisContext>, signal: Arc<SyncSignal>, policy: LeasePolicy) -> Self {
         Self {
             redis,
             signal,
             entries: DashMap::with_hasher(ahash::RandomState::new()),
+            policy: LeasePolicy {
+                release_used: true,
+                ..policy
+            },
         }
     }
 
@@ -113,113 +221,178 @@ impl SuppressedState {
         self.redis.settings().clock.now_ms()
     }
 
-    /// A view older than a window says nothing about the window now.
+    /// A view older than a lease period is not used: the shared totals may have moved on, and
+    /// with Redis unreachable calls then fail instead of deciding on stale totals.
     fn usable(&self, view: &SharedView, now: u64) -> Option<SuppressionLimits> {
         let limits = view.limits?;
-        (now.saturating_sub(view.synced_at) <= self.redis.settings().window_ms).then_some(limits)
+        (now.saturating_sub(view.synced_at) <= self.policy.lease_ms).then_some(limits)
     }
 
-    /// Pushes every key's new counts and reads back the window totals, in one round trip.
-    pub(crate) async fn sync(&self) {
-        let now = self.now_ms();
-        let settings = self.redis.settings();
-        let mut work = Vec::new();
-        for item in self.entries.iter() {
-            let entry = item.value();
-            let mut view = entry
-                .view
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            let wanted = entry.wanted.swap(false, Ordering::AcqRel);
-            if !wanted && view.pending_observed == 0 && view.pending_declined == 0 {
-                continue;
-            }
-            // Far below the soft capacity no decision depends on the other instances yet, so
-            // such a key pushes its counts only every tenth interval: a busy key then costs
-            // Redis ten calls a second instead of a hundred.
-            let far_below = view
-                .limits
-                .is_some_and(|limits| (view.accepted() as f64) < limits.soft / 2.0);
-            if !wanted && far_below && view.skipped < SKIPPABLE_SYNCS {
-                view.skipped += 1;
-                continue;
-            }
-            view.skipped = 0;
-            view.sending_observed = view.pending_observed;
-            view.sending_declined = view.pending_declined;
-            view.pending_observed = 0;
-            view.pending_declined = 0;
-            let call = script::script_call(
-                settings,
-                script::SYNC,
-                view.rate,
-                view.sending_observed,
-                view.sending_declined as f64,
-            );
-            drop(view);
-            work.push((item.key().to_string(), entry.clone(), call));
+    fn args(&self, view: &SharedView, request: &LeaseRequest) -> Vec<u8> {
+        let mut args = suppressed_args(self.redis.settings(), mode::LEASE, view.rate, 0);
+        args.extend(&[
+            self.policy.lease_ms as f64,
+            request.need_min as f64,
+            request.need_total as f64,
+            request.extra as f64,
+            view.sending_observed as f64,
+            view.sending_declined as f64,
+        ]);
+        for give in request.give_backs {
+            args.extend(&[give.start, give.epoch, give.amount as f64]);
         }
+        args.into_bytes()
+    }
+
+    /// Plans one key's sync under its view lock: what to push, give back and reserve.
+    fn plan(
+        &self,
+        entry: &SharedEntry,
+        now: u64,
+        closing: bool,
+    ) -> Option<(LeaseRequest, Vec<u8>)> {
+        let mut view = entry.lock();
+        let wanted = entry.wanted.swap(false, Ordering::AcqRel);
+        let has_pending = view.pending_observed > 0;
+        let hard = view
+            .limits
+            .map_or(0, |limits| limits.hard.max(0.0).floor() as u64);
+        let request = if closing {
+            let mut request = LeaseRequest::default();
+            entry.leases.close_all(&mut request, true);
+            request
+        } else {
+            // Far below the soft capacity no decision depends on the other instances yet, so
+            // such a key pushes its counts only every tenth interval (while its view stays
+            // fresh enough to be used).
+            let far_below = view.limits.is_some_and(|limits| {
+                (view.accepted(entry.leases.available(now)) as f64) < limits.soft / 2.0
+            }) && now.saturating_sub(view.synced_at) + 2 * self.redis.settings().sync_interval_ms
+                < self.policy.lease_ms / 2;
+            let report = wanted || (has_pending && !(far_below && view.skipped < SKIPPABLE_SYNCS));
+            if has_pending && !report {
+                view.skipped += 1;
+            }
+            match entry.leases.plan(now, hard, &self.policy, report) {
+                Some(request) => request,
+                None => return None,
+            }
+        };
+        if closing && !has_pending && request.give_backs.iter().all(|give| give.amount == 0) {
+            return None;
+        }
+        view.skipped = 0;
+        view.sending_observed = view.pending_observed;
+        view.sending_declined = view.pending_declined;
+        view.pending_observed = 0;
+        view.pending_declined = 0;
+        let args = self.args(&view, &request);
+        Some((request, args))
+    }
+
+    async fn send(&self, now: u64, work: Vec<(String, Arc<SharedEntry>, LeaseRequest, Vec<u8>)>) {
         if work.is_empty() {
             return;
         }
-        let calls: Vec<_> = work
+        let calls = work
             .iter()
-            .map(|(key, _, args)| {
-                let key =
-                    RedisKey::new(key.as_str()).expect("keys are validated before they are stored");
-                (self.redis.entity_keys(&key, "s"), *args)
-            })
+            .map(|(key, _, _, args)| (self.redis.entity_key(key, Tag::Suppressed), args.clone()))
             .collect();
-        let results = self
-            .redis
-            .run_batch(&script::SCRIPT, script::SOURCE, &calls)
-            .await;
-        for (index, (_, entry, _)) in work.iter().enumerate() {
+        let results = self.redis.eval_batch(&SUPPRESSED, calls).await;
+        let settings = self.redis.settings();
+        for (index, (_, entry, request, _)) in work.iter().enumerate() {
             let outcome = match &results {
-                Ok(values) => super::four_numbers(values.get(index), "sync"),
-                Err(error) => Err(error.to_string()),
+                Ok(values) => values[index]
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|value| script::doubles::<9>(value)),
+                Err(error) => Err(error.clone()),
             };
-            let mut view = entry
-                .view
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
+            let mut view = entry.lock();
             match outcome {
-                Ok([observed, declined, last_second, rate]) => {
-                    view.observed = observed;
-                    view.declined = declined;
-                    view.last_second = last_second;
-                    if rate > 0 {
-                        // The rate that sticks is the one stored in Redis, whoever set it.
-                        view.rate = rate as f64 / (1u64 << 20) as f64;
-                        view.limits = Some(SuppressionLimits::new(
-                            view.rate,
-                            settings.window.get(),
-                            settings.hard_limit_factor,
-                        ));
-                    } else {
-                        view.limits = view.limits.or(Some(SuppressionLimits::new(
-                            view.rate,
-                            settings.window.get(),
-                            settings.hard_limit_factor,
-                        )));
-                    }
+                Ok([granted, start, epoch, observed, declined, reserved, last_second, rate, reset_ms]) => {
+                    let rate = if rate > 0.0 { rate } else { view.rate };
+                    let limits = SuppressionLimits::new(
+                        rate,
+                        settings.window.get(),
+                        settings.hard_limit_factor,
+                    );
+                    view.limits = Some(limits);
+                    view.observed = script::whole(observed);
+                    view.declined = script::whole(declined);
+                    view.reserved = script::whole(reserved);
+                    view.last_second = script::whole(last_second);
                     view.synced_at = now;
                     view.sending_observed = 0;
                     view.sending_declined = 0;
+                    view.shedding_until = 0;
+                    let hard = limits.hard.max(0.0).floor() as u64;
+                    let accepted_after = (view.observed + view.reserved).saturating_sub(view.declined);
+                    let grant = Grant {
+                        granted: script::whole(granted),
+                        start,
+                        epoch,
+                        capacity: hard,
+                        available_after: hard.saturating_sub(accepted_after),
+                        reset_ms: script::whole(reset_ms),
+                        remaining_after_waiting: 0,
+                    };
+                    entry.leases.granted(request, &grant, now + self.policy.lease_ms);
+                    entry.leases.note_refusal(request, &grant, now, &self.policy);
                     drop(view);
+                    self.redis.metrics.leases(grant.granted, request.returned);
                     entry.service.finish(None);
                 }
-                Err(message) => {
-                    // Keep the counts: they are sent again with the next sync.
+                Err(error) => {
+                    // The counts are sent again with the next sync (counting them twice only
+                    // ever over-counts). Releases are not repeated: if they did not reach Redis,
+                    // the reservation stays counted until its window ends.
                     view.pending_observed += view.sending_observed;
                     view.pending_declined += view.sending_declined;
                     view.sending_observed = 0;
                     view.sending_declined = 0;
                     drop(view);
-                    entry.service.finish(Some(message));
+                    entry.service.finish(Some(error));
                 }
             }
         }
+    }
+
+    /// Pushes every key's new counts, settles its leases and reads back the window totals, in
+    /// one round trip.
+    pub(crate) async fn sync(&self) {
+        let now = self.now_ms();
+        let mut work = Vec::new();
+        for item in self.entries.iter() {
+            let entry = item.value();
+            if let Some((request, args)) = self.plan(entry, now, false) {
+                work.push((item.key().to_string(), entry.clone(), request, args));
+            }
+        }
+        self.send(now, work).await;
+    }
+
+    /// Pushes pending counts and gives back every lease (close).
+    pub(crate) async fn flush(&self) -> Result<(), TrypemaError> {
+        let now = self.now_ms();
+        let mut work = Vec::new();
+        for item in self.entries.iter() {
+            if let Some((request, args)) = self.plan(item.value(), now, true) {
+                work.push((item.key().to_string(), item.value().clone(), request, args));
+            }
+        }
+        self.send(now, work).await;
+        Ok(())
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.entries.iter().all(|item| {
+            let entry = item.value();
+            entry.leases.is_settled() && {
+                let view = entry.lock();
+                view.pending_observed + view.sending_observed == 0
+            }
+        })
     }
 }
 
@@ -228,27 +401,26 @@ impl SuppressedHybridRateLimiter {
         Self { state, task }
     }
 
-    pub(crate) fn sweeper(&self) -> Weak<dyn Sweep> {
-        let state: Arc<dyn Sweep> = self.state.clone();
-        Arc::downgrade(&state)
+    fn count(&self, decision: RateLimitDecision, degraded: bool) -> RateLimitDecision {
+        self.state
+            .redis
+            .metrics
+            .decision(Provider::Hybrid, Strategy::Suppressed, &decision, degraded);
+        decision
     }
 
-    /// Decides from the local view alone when it is recent enough (`None` otherwise).
-    /// `key` must be a valid [`RedisKey`].
+    /// Decides from the local view alone when it is recent enough and the leases cover an
+    /// admission (`None` otherwise). `key` must be a valid [`RedisKey`].
     pub fn try_inc_locally(&self, key: &str, count: u64) -> Option<RateLimitDecision> {
         let now = self.state.now_ms();
         let entry = self.state.entries.get(key)?;
         entry.last_seen.store(now, Ordering::Relaxed);
-        let mut view = entry
-            .view
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let limits = self.state.usable(&view, now)?;
-        Some(view.inc(&limits, count))
+        let decision = entry.decide_locally(&self.state, now, count, true)?;
+        Some(self.count(decision, false))
     }
 
     /// Records `count` as observed for `key` and decides whether to admit it, from local state
-    /// (waiting for one sync the first time a key is seen, or after it was idle for a window).
+    /// (waiting for a sync when the key is new, its view is old, or an admission needs quota).
     pub async fn inc(
         &self,
         key: &RedisKey,
@@ -258,70 +430,151 @@ impl SuppressedHybridRateLimiter {
         if let Some(decision) = self.try_inc_locally(key.as_str(), count) {
             return Ok(decision);
         }
-        let entry = self.refreshed(key, rate).await?;
-        let mut view = entry
-            .view
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let limits = view
-            .limits
-            .unwrap_or_else(|| self.state.redis.settings().suppression_limits(rate));
-        Ok(view.inc(&limits, count))
-    }
-
-    /// The key's current suppression factor (0 for a key with no state); records nothing.
-    pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, TrypemaError> {
-        let now = self.state.now_ms();
-        if let Some(entry) = self.state.entries.get(key.as_str()) {
-            let view = entry
-                .view
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            if let Some(limits) = self.state.usable(&view, now) {
-                return Ok(view.factor(&limits, view.accepted()));
-            }
+        match self.inc_remotely(key, rate, count).await {
+            Ok(decision) => Ok(self.count(decision, false)),
+            Err(error) => self
+                .state
+                .redis
+                .on_outage(
+                    error,
+                    Provider::Hybrid,
+                    Strategy::Suppressed,
+                    || RateLimitDecision::Allowed,
+                    |local, factor| {
+                        local
+                            .suppressed()
+                            .inc(key.as_str(), &rate.scaled(factor), count)
+                    },
+                )
+                .map(|decision| self.count(decision, true)),
         }
-        crate::redis::SuppressedRedisRateLimiter::new(self.state.redis.clone())
-            .get_suppression_factor(key)
-            .await
     }
 
-    /// The key's entry after one sync has read its totals from Redis.
-    async fn refreshed(
-        &self,
-        key: &RedisKey,
-        rate: &RateLimit,
-    ) -> Result<Arc<SharedEntry>, TrypemaError> {
-        self.task.ensure_started();
-        let now = self.state.now_ms();
+    fn entry(&self, key: &RedisKey, rate: &RateLimit, now: u64) -> (Arc<SharedEntry>, bool) {
+        let mut created = false;
         let entry = self
             .state
             .entries
             .entry(Box::from(key.as_str()))
             .or_insert_with(|| {
+                created = true;
                 Arc::new(SharedEntry {
-                    view: Mutex::new(SharedView {
-                        limits: None,
-                        rate: rate.get(),
-                        synced_at: 0,
-                        observed: 0,
-                        declined: 0,
-                        last_second: 0,
-                        pending_observed: 0,
-                        pending_declined: 0,
-                        sending_observed: 0,
-                        sending_declined: 0,
-                        skipped: 0,
-                    }),
+                    view: Mutex::new(SharedView::new(rate.get())),
+                    leases: Leases::new(now),
                     wanted: AtomicBool::new(false),
                     last_seen: AtomicU64::new(now),
                     service: Service::default(),
                 })
             })
             .clone();
-        let register = || entry.wanted.store(true, Ordering::Release);
-        entry.service.wait(&self.state.signal, register).await?;
-        Ok(entry)
+        (entry, created)
+    }
+
+    async fn inc_remotely(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<RateLimitDecision, TrypemaError> {
+        self.task.ensure_started()?;
+        let state = &self.state;
+        let (deadline, limit) = super::deadline(&state.redis);
+        let mut first_attempt = false;
+        loop {
+            let now = state.now_ms();
+            let (entry, created) = self.entry(key, rate, now);
+            first_attempt |= created;
+            entry.last_seen.store(now, Ordering::Relaxed);
+            if let Some(decision) = entry.decide_locally(state, now, count, first_attempt) {
+                return Ok(decision);
+            }
+            first_attempt = false;
+            // The same round refreshes the view and reserves an admission for this call (kept
+            // as lease quota if the call ends up declined).
+            let register = || {
+                entry.lock().rate = rate.get();
+                entry.wanted.store(true, Ordering::Release);
+                if count > 0 {
+                    entry.leases.register(count);
+                }
+            };
+            entry
+                .service
+                .wait(&state.signal, deadline, limit, register)
+                .await?;
+        }
+    }
+
+    /// Like [`Self::inc`], and also returns the key's quota against its soft capacity, as this
+    /// instance sees it.
+    pub async fn inc_with_quota(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<QuotaDecision, TrypemaError> {
+        let decision = self.inc(key, rate, count).await?;
+        let now = self.state.now_ms();
+        let degraded = self.state.redis.is_degraded();
+        let soft = self.state.redis.settings().suppression_limits(rate).soft;
+        let quota = match self.state.entries.get(key.as_str()) {
+            Some(entry) if !degraded => {
+                let view = entry.lock();
+                let limits = view.limits.map_or(soft, |limits| limits.soft);
+                let accepted = view.accepted(entry.leases.available(now));
+                Quota {
+                    limit: limits,
+                    remaining: (limits - accepted as f64).max(0.0) as u64,
+                    reset_ms: 0,
+                }
+            }
+            _ => Quota {
+                limit: soft,
+                remaining: soft as u64,
+                reset_ms: 0,
+            },
+        };
+        Ok(QuotaDecision {
+            decision,
+            quota,
+            degraded,
+        })
+    }
+
+    fn redis(&self) -> crate::redis::SuppressedRedisRateLimiter {
+        crate::redis::SuppressedRedisRateLimiter::new(self.state.redis.clone())
+    }
+
+    /// The key's current suppression factor (0 for a key with no state); records nothing.
+    pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, TrypemaError> {
+        let now = self.state.now_ms();
+        if let Some(entry) = self.state.entries.get(key.as_str()) {
+            let mut view = entry.lock();
+            if let Some(limits) = self.state.usable(&view, now) {
+                let accepted = view.accepted(entry.leases.available(now));
+                let cache_ms = self.state.redis.settings().suppression_cache_ms;
+                return Ok(view.factor(&limits, accepted, now, cache_ms));
+            }
+        }
+        self.redis().get_suppression_factor(key).await
+    }
+
+    /// The key's quota against its soft capacity from Redis; records nothing.
+    pub async fn get(&self, key: &RedisKey, rate: &RateLimit) -> Result<Quota, TrypemaError> {
+        self.redis().get(key, rate).await
+    }
+
+    /// Takes back up to `count` admitted units of `key` in Redis, newest first.
+    pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
+        self.redis().refund(key, count).await
+    }
+
+    /// Forgets `key`'s state in Redis (for every instance) and this instance's view and leases.
+    pub async fn reset(&self, key: &RedisKey) -> Result<(), TrypemaError> {
+        if let Some((_, entry)) = self.state.entries.remove(key.as_str()) {
+            entry.leases.forget();
+        }
+        self.redis().reset(key).await
     }
 }
 
@@ -329,16 +582,17 @@ impl Sweep for SuppressedState {
     fn sweep(&self) {
         let now = self.now_ms();
         let stale_after = self.redis.settings().stale_after_ms;
-        // Only keys whose counts have all reached Redis are forgotten.
+        // Only keys whose counts have all reached Redis and whose leases are closed go.
         self.entries.retain(|_, entry| {
             now.saturating_sub(entry.last_seen.load(Ordering::Relaxed)) <= stale_after
-                || entry
-                    .view
-                    .lock()
-                    .map(|view| {
-                        view.pending_observed + view.pending_declined + view.sending_observed > 0
-                    })
-                    .unwrap_or(true)
+                || !entry.leases.is_settled()
+                || {
+                    let view = entry.lock();
+                    view.pending_observed + view.sending_observed > 0
+                }
         });
+        if self.entries.capacity() > 1024 && self.entries.len() * 4 < self.entries.capacity() {
+            self.entries.shrink_to_fit();
+        }
     }
 }

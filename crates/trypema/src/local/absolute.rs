@@ -1,15 +1,19 @@
+use std::sync::Arc;
+
 use crate::{
     cleanup::Sweep,
     limiter::Settings,
+    metrics::{Metrics, Provider, Strategy},
     store::{KeyedStore, Tracked},
     window::SlidingWindow,
-    RateLimit, RateLimitDecision,
+    Quota, QuotaDecision, RateLimit, RateLimitDecision,
 };
 
 /// Absolute strategy, in-process: at most `floor(window × rate)` per sliding window.
 pub struct AbsoluteLocalRateLimiter {
     settings: Settings,
     store: KeyedStore<AbsoluteEntry>,
+    metrics: Arc<Metrics>,
 }
 
 struct AbsoluteEntry {
@@ -43,7 +47,9 @@ impl AbsoluteEntry {
                 self.window.record(now_ms, settings.group_ms, count);
                 RateLimitDecision::Allowed
             }
-            _ => self.window.rejection(now_ms, settings.window_ms),
+            _ => self
+                .window
+                .rejection(now_ms, settings.window_ms, count <= self.capacity),
         }
     }
 
@@ -52,16 +58,25 @@ impl AbsoluteEntry {
         if self.window.is_empty() || self.window.observed() < self.capacity {
             RateLimitDecision::Allowed
         } else {
-            self.window.rejection(now_ms, settings.window_ms)
+            self.window.rejection(now_ms, settings.window_ms, true)
+        }
+    }
+
+    fn quota(&self, settings: &Settings, now_ms: u64) -> Quota {
+        Quota {
+            limit: self.capacity as f64,
+            remaining: self.capacity.saturating_sub(self.window.observed()),
+            reset_ms: self.window.reset_ms(now_ms, settings.window_ms),
         }
     }
 }
 
 impl AbsoluteLocalRateLimiter {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
             settings,
             store: KeyedStore::default(),
+            metrics,
         }
     }
 
@@ -69,17 +84,81 @@ impl AbsoluteLocalRateLimiter {
     /// `Rejected` if that would take the window over capacity.
     #[inline]
     pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+        self.inc_then(key, rate, count, |_, _, _| ()).0
+    }
+
+    /// Like [`Self::inc`], and also returns the key's quota after the call.
+    pub fn inc_with_quota(&self, key: &str, rate: &RateLimit, count: u64) -> QuotaDecision {
+        let (decision, quota) = self.inc_then(key, rate, count, AbsoluteEntry::quota);
+        QuotaDecision {
+            decision,
+            quota,
+            degraded: false,
+        }
+    }
+
+    #[inline]
+    fn inc_then<T>(
+        &self,
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+        then: impl FnOnce(&AbsoluteEntry, &Settings, u64) -> T,
+    ) -> (RateLimitDecision, T) {
         let settings = &self.settings;
         let now_ms = settings.clock.now_ms();
-        self.store.update(
+        let outcome = self.store.update(
             key,
             || AbsoluteEntry {
                 capacity: settings.capacity(rate),
                 window: SlidingWindow::default(),
                 last_seen_ms: now_ms,
             },
-            |entry| entry.inc(settings, now_ms, rate, count),
-        )
+            |entry| {
+                let decision = entry.inc(settings, now_ms, rate, count);
+                (decision, then(entry, settings, now_ms))
+            },
+        );
+        self.metrics
+            .decision(Provider::Local, Strategy::Absolute, &outcome.0, false);
+        outcome
+    }
+
+    /// The key's quota (for a key without state, from `rate`); records nothing.
+    pub fn get(&self, key: &str, rate: &RateLimit) -> Quota {
+        let settings = &self.settings;
+        let now_ms = settings.clock.now_ms();
+        self.store
+            .update_existing(key, |entry| {
+                entry.window.evict(now_ms, settings.window_ms);
+                (!entry.window.is_empty()).then(|| entry.quota(settings, now_ms))
+            })
+            .flatten()
+            .unwrap_or_else(|| {
+                let capacity = settings.capacity(rate);
+                Quota {
+                    limit: capacity as f64,
+                    remaining: capacity,
+                    reset_ms: 0,
+                }
+            })
+    }
+
+    /// Takes back up to `count` recorded units, newest first; returns how many.
+    pub fn refund(&self, key: &str, count: u64) -> u64 {
+        let now_ms = self.settings.clock.now_ms();
+        self.store
+            .update_existing(key, |entry| {
+                let refunded = entry.window.refund(count);
+                entry.window.evict(now_ms, self.settings.window_ms);
+                refunded
+            })
+            .unwrap_or(0)
+    }
+
+    /// Forgets the key's state.
+    pub fn reset(&self, key: &str) {
+        self.store.remove(key);
     }
 
     /// Whether one more call would currently be admitted; records nothing.

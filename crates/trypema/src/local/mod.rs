@@ -8,7 +8,7 @@ use std::sync::Arc;
 pub use absolute::AbsoluteLocalRateLimiter;
 pub use suppressed::SuppressedLocalRateLimiter;
 
-use crate::{limiter::Settings, TrypemaError};
+use crate::{limiter::Settings, metrics::Metrics, TrypemaError};
 
 /// Longest key the local provider accepts, matching the Redis key limit so that a key that
 /// works locally also works with the other providers.
@@ -40,10 +40,10 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
-            absolute: Arc::new(AbsoluteLocalRateLimiter::new(settings.clone())),
-            suppressed: Arc::new(SuppressedLocalRateLimiter::new(settings)),
+            absolute: Arc::new(AbsoluteLocalRateLimiter::new(settings.clone(), metrics.clone())),
+            suppressed: Arc::new(SuppressedLocalRateLimiter::new(settings, metrics)),
         }
     }
 

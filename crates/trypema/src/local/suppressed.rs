@@ -1,10 +1,13 @@
+use std::sync::Arc;
+
 use crate::{
     cleanup::Sweep,
     limiter::Settings,
+    metrics::{Metrics, Provider, Strategy},
     store::{KeyedStore, Tracked},
     suppression::SuppressionLimits,
     window::SlidingWindow,
-    RateLimit, RateLimitDecision,
+    Quota, QuotaDecision, RateLimit, RateLimitDecision,
 };
 
 /// Suppressed strategy, in-process: above `window × rate` admitted calls, sheds calls at random
@@ -12,6 +15,7 @@ use crate::{
 pub struct SuppressedLocalRateLimiter {
     settings: Settings,
     store: KeyedStore<SuppressedEntry>,
+    metrics: Arc<Metrics>,
 }
 
 struct SuppressedEntry {
@@ -86,26 +90,102 @@ impl SuppressedEntry {
             is_allowed,
         }
     }
+
+    fn quota(&self, settings: &Settings, now_ms: u64) -> Quota {
+        Quota {
+            limit: self.limits.soft,
+            remaining: (self.limits.soft - self.window.accepted() as f64).max(0.0) as u64,
+            reset_ms: self.window.reset_ms(now_ms, settings.window_ms),
+        }
+    }
 }
 
 impl SuppressedLocalRateLimiter {
-    pub(crate) fn new(settings: Settings) -> Self {
+    pub(crate) fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
             settings,
             store: KeyedStore::default(),
+            metrics,
         }
     }
 
     /// Records `count` as observed for `key` and decides whether to admit it.
     #[inline]
     pub fn inc(&self, key: &str, rate: &RateLimit, count: u64) -> RateLimitDecision {
+        self.inc_then(key, rate, count, |_, _, _| ()).0
+    }
+
+    /// Like [`Self::inc`], and also returns the key's quota after the call (`limit` is the soft
+    /// capacity).
+    pub fn inc_with_quota(&self, key: &str, rate: &RateLimit, count: u64) -> QuotaDecision {
+        let (decision, quota) = self.inc_then(key, rate, count, SuppressedEntry::quota);
+        QuotaDecision {
+            decision,
+            quota,
+            degraded: false,
+        }
+    }
+
+    #[inline]
+    fn inc_then<T>(
+        &self,
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+        then: impl FnOnce(&SuppressedEntry, &Settings, u64) -> T,
+    ) -> (RateLimitDecision, T) {
         let settings = &self.settings;
         let now_ms = settings.clock.now_ms();
-        self.store.update(
+        let outcome = self.store.update(
             key,
             || SuppressedEntry::new(settings, rate, now_ms),
-            |entry| entry.inc(settings, now_ms, rate, count),
-        )
+            |entry| {
+                let decision = entry.inc(settings, now_ms, rate, count);
+                (decision, then(entry, settings, now_ms))
+            },
+        );
+        self.metrics
+            .decision(Provider::Local, Strategy::Suppressed, &outcome.0, false);
+        outcome
+    }
+
+    /// The key's quota against its soft capacity (for a key without state, from `rate`);
+    /// records nothing.
+    pub fn get(&self, key: &str, rate: &RateLimit) -> Quota {
+        let settings = &self.settings;
+        let now_ms = settings.clock.now_ms();
+        self.store
+            .update_existing(key, |entry| {
+                entry.window.evict(now_ms, settings.window_ms);
+                (!entry.window.is_empty()).then(|| entry.quota(settings, now_ms))
+            })
+            .flatten()
+            .unwrap_or_else(|| {
+                let soft = settings.suppression_limits(rate).soft;
+                Quota {
+                    limit: soft,
+                    remaining: soft as u64,
+                    reset_ms: 0,
+                }
+            })
+    }
+
+    /// Takes back up to `count` admitted units, newest first; returns how many.
+    pub fn refund(&self, key: &str, count: u64) -> u64 {
+        let now_ms = self.settings.clock.now_ms();
+        self.store
+            .update_existing(key, |entry| {
+                let refunded = entry.window.refund(count);
+                entry.window.evict(now_ms, self.settings.window_ms);
+                entry.shedding_valid_until_ms = 0;
+                refunded
+            })
+            .unwrap_or(0)
+    }
+
+    /// Forgets the key's state.
+    pub fn reset(&self, key: &str) {
+        self.store.remove(key);
     }
 
     /// The key's current suppression factor (0 for a key with no state); records nothing.

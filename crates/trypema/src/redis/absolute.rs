@@ -1,40 +1,14 @@
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use redis::Script;
-
-use super::{unexpected, RedisContext, RedisKey, ScriptCall};
-use crate::{limiter::Settings, RateLimit, RateLimitDecision, TrypemaError};
-
-pub(crate) const SOURCE: &str = include_str!("absolute.lua");
-pub(crate) static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
-
-/// The script's modes.
-pub(crate) const INC: f64 = 1.0;
-pub(crate) const CHECK: f64 = 2.0;
-pub(crate) const LEASE: f64 = 3.0;
-
-/// A call of the absolute script; `lease` is `[lease_ms, returned, returned_start]`.
-pub(crate) fn script_call(
-    settings: &Settings,
-    mode: f64,
-    capacity: u64,
-    count: u64,
-    lease: [u64; 3],
-) -> ScriptCall {
-    let [lease_ms, returned, returned_start] = lease;
-    ScriptCall {
-        mode,
-        args: [
-            settings.window_ms as f64,
-            settings.group_ms as f64,
-            capacity as f64,
-            count as f64,
-            lease_ms as f64,
-            returned as f64,
-            returned_start as f64,
-        ],
-    }
-}
+use super::{
+    connection::ABSOLUTE,
+    script::{self, absolute as mode, Args},
+    RedisContext, RedisKey, Tag,
+};
+use crate::{
+    metrics::{Provider, Strategy},
+    Quota, QuotaDecision, RateLimit, RateLimitDecision, TrypemaError,
+};
 
 /// Absolute strategy in Redis: exact across every process sharing the Redis and prefix.
 #[derive(Clone)]
@@ -47,6 +21,31 @@ impl AbsoluteRedisRateLimiter {
         Self { context }
     }
 
+    fn args(&self, mode: f64, capacity: u64, count: u64) -> Vec<u8> {
+        let settings = &self.context.settings;
+        Args::with(&[
+            mode,
+            settings.window_ms as f64,
+            settings.group_ms as f64,
+            capacity as f64,
+            count as f64,
+            script::new_epoch(),
+        ])
+        .into_bytes()
+    }
+
+    async fn call(&self, key: &RedisKey, args: Vec<u8>) -> Result<redis::Value, TrypemaError> {
+        let key = self.context.entity_key(key.as_str(), Tag::Absolute);
+        self.context.eval(&ABSOLUTE, key, args).await
+    }
+
+    fn count(&self, decision: RateLimitDecision, degraded: bool) -> RateLimitDecision {
+        self.context
+            .metrics
+            .decision(Provider::Redis, Strategy::Absolute, &decision, degraded);
+        decision
+    }
+
     /// Records `count` for `key` and returns `Allowed`, or records nothing and returns
     /// `Rejected` if that would take the window over capacity.
     pub async fn inc(
@@ -56,41 +55,124 @@ impl AbsoluteRedisRateLimiter {
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
         let settings = &self.context.settings;
-        let call = script_call(settings, INC, settings.capacity(rate), count, [0; 3]);
-        let reply = self
-            .context
-            .run(&SCRIPT, self.context.entity_keys(key, "a"), call)
-            .await?;
-        self.decision(reply)
+        let args = self.args(mode::INC, settings.capacity(rate), count);
+        match self.call(key, args).await {
+            Ok(reply) => Ok(self.count(
+                script::absolute_decision(&reply, settings.window.get())?,
+                false,
+            )),
+            Err(error) => self
+                .context
+                .on_outage(
+                    error,
+                    Provider::Redis,
+                    Strategy::Absolute,
+                    || RateLimitDecision::Allowed,
+                    |local, factor| {
+                        local
+                            .absolute()
+                            .inc(key.as_str(), &rate.scaled(factor), count)
+                    },
+                )
+                .map(|decision| self.count(decision, true)),
+        }
+    }
+
+    /// Like [`Self::inc`], and also returns the key's quota after the call, in the same
+    /// round trip.
+    pub async fn inc_with_quota(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<QuotaDecision, TrypemaError> {
+        let settings = &self.context.settings;
+        let capacity = settings.capacity(rate);
+        match self.call(key, self.args(mode::INC_QUOTA, capacity, count)).await {
+            Ok(reply) => {
+                let [allowed, retry_after, remaining_after, limit, remaining, reset_ms] =
+                    script::doubles::<6>(&reply)?;
+                let decision = if allowed == 1.0 {
+                    RateLimitDecision::Allowed
+                } else {
+                    RateLimitDecision::Rejected {
+                        window_size_seconds: settings.window.get(),
+                        retry_after_ms: script::whole(retry_after),
+                        remaining_after_waiting: script::whole(remaining_after),
+                    }
+                };
+                Ok(QuotaDecision {
+                    decision: self.count(decision, false),
+                    quota: Quota {
+                        limit,
+                        remaining: script::whole(remaining),
+                        reset_ms: script::whole(reset_ms),
+                    },
+                    degraded: false,
+                })
+            }
+            Err(error) => self
+                .context
+                .on_outage(
+                    error,
+                    Provider::Redis,
+                    Strategy::Absolute,
+                    || QuotaDecision {
+                        decision: RateLimitDecision::Allowed,
+                        quota: Quota {
+                            limit: capacity as f64,
+                            remaining: capacity,
+                            reset_ms: 0,
+                        },
+                        degraded: true,
+                    },
+                    |local, factor| {
+                        let mut outcome = local.absolute().inc_with_quota(
+                            key.as_str(),
+                            &rate.scaled(factor),
+                            count,
+                        );
+                        outcome.degraded = true;
+                        outcome
+                    },
+                )
+                .map(|outcome| QuotaDecision {
+                    decision: self.count(outcome.decision, true),
+                    ..outcome
+                }),
+        }
     }
 
     /// Whether one more call would currently be admitted; records nothing.
     pub async fn is_allowed(&self, key: &RedisKey) -> Result<RateLimitDecision, TrypemaError> {
-        let call = script_call(&self.context.settings, CHECK, 0, 0, [0; 3]);
-        let reply = self
-            .context
-            .run(&SCRIPT, self.context.entity_keys(key, "a"), call)
-            .await?;
-        self.decision(reply)
+        let reply = self.call(key, self.args(mode::CHECK, 0, 0)).await?;
+        script::absolute_decision(&reply, self.context.settings.window.get())
     }
 
-    /// The script answers -1 (allowed) or `[retry_after_ms, remaining_after_waiting]`.
-    fn decision(&self, reply: redis::Value) -> Result<RateLimitDecision, TrypemaError> {
-        match reply {
-            redis::Value::Int(-1) => Ok(RateLimitDecision::Allowed),
-            redis::Value::Array(ref hints) => match hints.as_slice() {
-                [redis::Value::Int(retry_after_ms), redis::Value::Int(remaining)]
-                    if *retry_after_ms >= 0 && *remaining >= 0 =>
-                {
-                    Ok(RateLimitDecision::Rejected {
-                        window_size_seconds: self.context.settings.window.get(),
-                        retry_after_ms: *retry_after_ms as u64,
-                        remaining_after_waiting: *remaining as u64,
-                    })
-                }
-                _ => Err(unexpected(reply)),
-            },
-            other => Err(unexpected(other)),
-        }
+    /// The key's quota (for a key without state, from `rate`); records nothing.
+    pub async fn get(&self, key: &RedisKey, rate: &RateLimit) -> Result<Quota, TrypemaError> {
+        let capacity = self.context.settings.capacity(rate);
+        let reply = self.call(key, self.args(mode::GET, capacity, 0)).await?;
+        let [_, _, _, limit, remaining, reset_ms] = script::doubles::<6>(&reply)?;
+        Ok(Quota {
+            limit,
+            remaining: script::whole(remaining),
+            reset_ms: script::whole(reset_ms),
+        })
+    }
+
+    /// Takes back up to `count` recorded units of `key`, newest first (never below zero);
+    /// returns how many were taken back.
+    pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
+        let reply = self.call(key, self.args(mode::REFUND, 0, count)).await?;
+        let [refunded, ..] = script::doubles::<6>(&reply)?;
+        Ok(script::whole(refunded))
+    }
+
+    /// Forgets `key`'s absolute state for every process sharing this Redis and prefix.
+    pub async fn reset(&self, key: &RedisKey) -> Result<(), TrypemaError> {
+        self.context
+            .delete(self.context.entity_key(key.as_str(), Tag::Absolute))
+            .await
     }
 }

@@ -1,24 +1,41 @@
 //! The Redis provider: every call is one `EVALSHA` of a script that evicts, decides and records
-//! atomically, so any number of processes share one exact limit.
+//! atomically, in the Redis server's own time, so any number of processes share one exact limit
+//! whatever their clocks say.
 //!
-//! Key layout, per entity and strategy (`a` absolute, `s` suppressed): a header string
-//! `{<prefix>:<key>}:a` and a list of older buckets `{<prefix>:<key>}:a:b`. The braces are a
-//! Redis Cluster hash tag, so all of an entity's state lives in one slot; no global key is
-//! touched per call.
+//! Key layout: one string per entity and strategy, `{<prefix>:<key>}:a` (absolute) or
+//! `{<prefix>:<key>}:s` (suppressed). The braces are a Redis Cluster hash tag. No global key is
+//! touched per call. The layout is injective: the prefix has no `:`, so the text between `{` and
+//! the first `:` is the prefix and the rest up to the final `}:a` / `}:s` is the key.
 
-pub(crate) mod absolute;
-mod server_clock;
-pub(crate) mod suppressed;
+mod absolute;
+mod breaker;
+pub(crate) mod connection;
+pub(crate) mod script;
+mod suppressed;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 pub use absolute::AbsoluteRedisRateLimiter;
-use redis::{aio::ConnectionManager, FromRedisValue, Script};
+pub use connection::classify as classify_error;
+pub use redis::aio::ConnectionManager;
+use redis::Value;
+pub(crate) use suppressed::base_args as suppressed_args;
 pub use suppressed::SuppressedRedisRateLimiter;
 
-use self::server_clock::ServerClock;
+use self::{
+    breaker::Breaker,
+    connection::{bounded, Connection, LuaScript},
+};
 pub use crate::redis_key::RedisKey;
-use crate::{limiter::Settings, TrypemaError};
+use crate::{
+    limiter::Settings,
+    local::LocalProvider,
+    metrics::{Metrics, Provider, Strategy},
+    OnRedisError, TrypemaError,
+};
 
 /// `rl.redis()`: both strategies over one connection.
 #[derive(Clone)]
@@ -46,118 +63,170 @@ impl RedisProvider {
     }
 }
 
-/// What both strategies need to reach their state.
+/// Which strategy's key an entity is stored under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tag {
+    Absolute,
+    Suppressed,
+}
+
+/// What both strategies (and the hybrid provider) need to reach their state.
 pub(crate) struct RedisContext {
-    connection: Option<ConnectionManager>,
+    connection: Option<Connection>,
     prefix: RedisKey,
     pub(crate) settings: Settings,
-    clock: ServerClock,
+    breaker: Breaker,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Decides under `OnRedisError::Local`, with the rate scaled by `local_rate_factor`.
+    fallback: LocalProvider,
 }
 
 impl RedisContext {
     pub(crate) fn new(
-        connection: Option<ConnectionManager>,
+        connection: Option<Connection>,
         prefix: RedisKey,
         settings: Settings,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let fallback = LocalProvider::new(settings.clone(), Arc::new(Metrics::default()));
         Arc::new(Self {
             connection,
             prefix,
             settings,
-            clock: ServerClock::default(),
+            breaker: Breaker::default(),
+            metrics,
+            fallback,
         })
-    }
-
-    /// The keys holding `key`'s state for one strategy (`tag` is `a` or `s`): header, buckets.
-    pub(crate) fn entity_keys(&self, key: &RedisKey, tag: &str) -> [String; 2] {
-        let header = format!("{{{}:{}}}:{tag}", self.prefix.as_str(), key.as_str());
-        let buckets = format!("{header}:b");
-        [header, buckets]
-    }
-
-    /// Runs `script` on an entity's keys: `EVALSHA`, loading the script only on NOSCRIPT.
-    pub(crate) async fn run<T: FromRedisValue>(
-        &self,
-        script: &Script,
-        keys: [String; 2],
-        call: ScriptCall,
-    ) -> Result<T, TrypemaError> {
-        let mut connection = self
-            .connection
-            .clone()
-            .ok_or(TrypemaError::RedisNotConfigured)?;
-        let now = self.clock.now_ms(&mut connection).await?;
-        let mut invocation = script.key(&keys[0]);
-        invocation.key(&keys[1]).arg(call.pack(now));
-        Ok(invocation.invoke_async(&mut connection).await?)
     }
 
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
 
-    /// Runs `script` once per entry of `calls` in one pipelined round trip. Calls are
-    /// independent: each gets its own result. If the script is missing from the server
-    /// (NOSCRIPT), it is loaded and the calls are sent again.
-    pub(crate) async fn run_batch(
-        &self,
-        script: &Script,
-        source: &str,
-        calls: &[([String; 2], ScriptCall)],
-    ) -> Result<Vec<redis::Value>, TrypemaError> {
-        let mut connection = self
-            .connection
-            .clone()
-            .ok_or(TrypemaError::RedisNotConfigured)?;
-        let now = self.clock.now_ms(&mut connection).await?;
-        let pipeline = |hash: &str| {
-            let mut pipeline = redis::pipe();
-            pipeline.ignore_errors();
-            for (keys, call) in calls {
-                pipeline
-                    .cmd("EVALSHA")
-                    .arg(hash)
-                    .arg(2)
-                    .arg(&keys[0])
-                    .arg(&keys[1])
-                    .arg(call.pack(now));
-            }
-            pipeline
+    pub(crate) fn has_connection(&self) -> bool {
+        self.connection.is_some()
+    }
+
+    fn connection(&self) -> Result<&Connection, TrypemaError> {
+        self.connection
+            .as_ref()
+            .ok_or(TrypemaError::RedisNotConfigured)
+    }
+
+    /// The key holding `key`'s state for one strategy.
+    pub(crate) fn entity_key(&self, key: &str, tag: Tag) -> String {
+        let suffix = match tag {
+            Tag::Absolute => "}:a",
+            Tag::Suppressed => "}:s",
         };
-        let mut results: Vec<redis::Value> = pipeline(script.get_hash())
-            .query_async(&mut connection)
-            .await?;
-        let missing = |value: &redis::Value| matches!(value, redis::Value::ServerError(error) if error.code() == "NOSCRIPT");
-        if results.iter().any(missing) {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(source)
-                .query_async::<String>(&mut connection)
-                .await?;
-            results = pipeline(script.get_hash())
-                .query_async(&mut connection)
-                .await?;
+        let mut out = String::with_capacity(self.prefix.as_str().len() + key.len() + 5);
+        out.push('{');
+        out.push_str(self.prefix.as_str());
+        out.push(':');
+        out.push_str(key);
+        out.push_str(suffix);
+        out
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.command_timeout_ms)
+    }
+
+    /// Runs one Redis operation through the circuit breaker, bounded by the command timeout,
+    /// and counts it.
+    async fn guarded<T>(
+        &self,
+        operation: impl FnOnce(Connection) -> futures_util::future::BoxFuture<'static, Result<T, TrypemaError>>,
+    ) -> Result<T, TrypemaError> {
+        let connection = self.connection()?;
+        self.breaker.check(connection, self.timeout())?;
+        let started = Instant::now();
+        let result = bounded(self.timeout(), operation(connection.clone())).await;
+        self.metrics.round_trip(started.elapsed(), result.is_ok());
+        match &result {
+            Err(error) if error.is_outage() => {
+                if self.breaker.trip(error) {
+                    self.metrics.breaker_opened();
+                }
+            }
+            _ => self.breaker.close(),
         }
-        Ok(results)
+        result
     }
-}
 
-/// A script call's arguments. They travel as one string of little-endian doubles, `mode`,
-/// the server time, then `args`: one argument instead of nine saves Redis about a
-/// microsecond per call, and the script reads numbers without parsing text.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ScriptCall {
-    pub(crate) mode: f64,
-    pub(crate) args: [f64; 7],
-}
-
-impl ScriptCall {
-    fn pack(&self, now_ms: u64) -> Vec<u8> {
-        let values = [self.mode, now_ms as f64].into_iter().chain(self.args);
-        values.flat_map(f64::to_le_bytes).collect()
+    /// One script call: `EVALSHA` (loading the script on `NOSCRIPT`) on one entity's key.
+    pub(crate) async fn eval(
+        &self,
+        script: &'static LuaScript,
+        key: String,
+        args: Vec<u8>,
+    ) -> Result<Value, TrypemaError> {
+        self.guarded(move |connection| {
+            Box::pin(async move { connection.eval(script, &key, &args).await })
+        })
+        .await
     }
-}
 
-fn unexpected(what: impl std::fmt::Debug) -> TrypemaError {
-    TrypemaError::UnexpectedScriptResult(format!("{what:?}"))
+    /// Many script calls in one round trip (per node): each gets its own result.
+    pub(crate) async fn eval_batch(
+        &self,
+        script: &'static LuaScript,
+        calls: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Result<Value, TrypemaError>>, TrypemaError> {
+        self.guarded(move |connection| {
+            Box::pin(async move { connection.eval_batch(script, &calls).await })
+        })
+        .await
+    }
+
+    /// Forgets one entity's state.
+    pub(crate) async fn delete(&self, key: String) -> Result<(), TrypemaError> {
+        self.guarded(move |connection| Box::pin(async move { connection.delete(&key).await }))
+            .await
+    }
+
+    /// Checks that Redis answers, that the credentials work and that the user may run every
+    /// command the scripts use: each script's probe mode runs each of them once on a key under
+    /// the prefix, then the key is deleted as `reset` would.
+    pub(crate) async fn verify(&self) -> Result<(), TrypemaError> {
+        let probe = RedisKey::new("\u{0}trypema-probe")?;
+        for (tag, script) in [
+            (Tag::Absolute, &*connection::ABSOLUTE),
+            (Tag::Suppressed, &*connection::SUPPRESSED),
+        ] {
+            let key = self.entity_key(probe.as_str(), tag);
+            self.eval(script, key.clone(), script::Args::with(&[script::PROBE]).into_bytes())
+                .await?;
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
+    /// What a call does when Redis is unreachable, by the outage policy: `Ok(None)` means
+    /// "fail with `error`"; otherwise the degraded outcome.
+    pub(crate) fn on_outage<T>(
+        &self,
+        error: TrypemaError,
+        provider: Provider,
+        strategy: Strategy,
+        allow: impl FnOnce() -> T,
+        local: impl FnOnce(&LocalProvider, f64) -> T,
+    ) -> Result<T, TrypemaError> {
+        if !error.is_outage() {
+            return Err(error);
+        }
+        match self.settings.on_redis_error {
+            OnRedisError::Reject => {
+                self.metrics.error(provider, strategy);
+                Err(error)
+            }
+            OnRedisError::Allow => Ok(allow()),
+            OnRedisError::Local => Ok(local(&self.fallback, self.settings.local_rate_factor)),
+        }
+    }
+
+    /// Whether the circuit breaker is open (Redis recently failed to answer).
+    pub(crate) fn is_degraded(&self) -> bool {
+        self.breaker.is_open()
+    }
 }

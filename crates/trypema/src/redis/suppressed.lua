@@ -1,172 +1,186 @@
--- Suppressed strategy for one entity, atomically: drop the buckets that left the window, then
---   inc (1)     record `count` as observed and decide,
---   factor (2)  report the factor,
---   sync (3)    (hybrid provider) record `count` observed and `declined` declined, decided
---               elsewhere, and report the window's totals.
+-- Suppressed strategy for one entity, atomically (this file follows window.lua). Buckets are
+-- {start, observed, declined, reserved}: every call's count is observed, declined counts are
+-- those shed, and reserved is admission quota leased to hybrid instances and not yet reported
+-- as used. What counts against the soft and hard capacities is accepted = observed - declined
+-- + reserved. `param` is the sticky rate; the header's extra fields cache the shedding factor.
 --
--- KEYS[1]  header, a string packing: rate (sticky), observed and declined in the window,
---          number of live buckets, the oldest and the newest bucket (start, observed,
---          declined each), and the "last second" cursor: position of the oldest bucket that
---          started less than a second ago (0 = oldest, buckets = none), its start, its
---          observed count, and what the buckets from it to the newest observed.
--- KEYS[2]  list of the buckets between the oldest and the newest, each packed start, observed,
---          declined.
--- ARGV[1]  eight little-endian doubles: mode, now (Redis server time in ms, as tracked by
---          the client), window_ms, group_ms, rate for a new key, count, hard_limit_factor, and
---          a random number in [0, 1) drawn by the client (Lua's math.random is seeded the same
---          on every run) or, for sync, the declined count.
--- Returns  -1 allowed; otherwise floor(factor * 2^40) * 2 + admitted (1 or 0), a whole
---          number so that no float is formatted as text. "sync": {observed, declined, observed
---          in the last second, rate * 2^20 (rounded down)}.
+-- KEYS[1]  the entity's key, {<prefix>:<key>}:s
+-- ARGV[1]  little-endian doubles: mode, window_ms, group_ms, rate for new state, count, epoch
+--          for new state, hard_limit_factor, a random number in [0, 1) drawn by the client
+--          (Lua's math.random is seeded the same on every run), factor cache ms; lease mode adds
+--          lease_ms, need_min, need_total, extra, observed and declined to record, and two
+--          give-backs {start, epoch, amount} of reserved quota.
 --
--- Like the absolute script, the common path is one GET and one SETRANGE; the cursor keeps the
--- last second's count incrementally, so no call scans the buckets.
-local HEADER = '<dddddddddddddd'
-local BUCKET = '<ddd'
-local header_key, buckets_key = KEYS[1], KEYS[2]
-local INC, FACTOR, SYNC = 1, 2, 3
-local mode, now, window_ms, group_ms, new_rate, count, hard_limit_factor, random_or_declined =
-  struct.unpack('<dddddddd', ARGV[1])
+-- Modes and replies:
+--   inc (1)        -1 allowed outright, else floor(factor * 2^40) * 2 + admitted (a whole number:
+--                  no float is formatted as text)
+--   factor (2)     floor(factor * 2^40) * 2; records nothing
+--   lease (3)      (hybrid) record what an instance observed and declined, give back reserved
+--                  quota, and reserve admissions for callers waiting plus `extra` (at most half
+--                  of what is left under the hard ceiling) in a bucket that starts when the
+--                  lease ends. Reply: doubles granted, lease_start, epoch, observed, declined,
+--                  reserved, observed in the last second, rate, reset_ms.
+--   get (4)        doubles -1, soft capacity, remaining, reset_ms; records nothing
+--   refund (5)     take back up to `count` admitted units, newest first; reply as get with the
+--                  amount refunded first
+--   inc_quota (6)  inc, replying doubles decision (as inc), soft capacity, remaining, reset_ms
+local INC, FACTOR, LEASE, GET, REFUND, INC_QUOTA = 1, 2, 3, 4, 5, 6
+local args = arguments()
+if args[1] == 7 then
+  return probe(KEYS[1])
+end
+local mode, window_ms, group_ms, new_rate, count, new_epoch, hard_limit_factor, random, cache_ms =
+  args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9]
 local window_seconds = window_ms / 1000
 
-
-local packed = redis.call('GET', header_key)
-local rate, observed, declined, buckets
-local oldest_start, oldest_observed, oldest_declined
-local newest_start, newest_observed, newest_declined
-local recent, recent_start, recent_first, recent_observed
-if packed then
-  rate, observed, declined, buckets, oldest_start, oldest_observed, oldest_declined,
-    newest_start, newest_observed, newest_declined, recent, recent_start, recent_first,
-    recent_observed = struct.unpack(HEADER, packed)
-  if now - newest_start > window_ms then
-    -- Every bucket has left the window (the TTL normally removes the keys first).
-    redis.call('DEL', header_key, buckets_key)
-    rate = nil
-  end
-end
-
-if not rate then
-  if mode == FACTOR then
-    return 0
-  end
-  if mode == SYNC and count == 0 and random_or_declined == 0 then
-    return {0, 0, 0, 0}
-  end
-  rate, observed, declined, buckets = new_rate, 0, 0, 0
-  recent, recent_start, recent_first, recent_observed = 0, now, 0, 0
-  newest_start = now
-end
-
-local changed = false
--- Move the cursor past buckets that are now a second old. This runs before the eviction
--- below, which pops the list items the cursor may still need to read.
-while recent < buckets and now - recent_start >= 1000 do
-  local first = recent_first
-  if recent == buckets - 1 then
-    first = newest_observed
-  end
-  recent_observed = recent_observed - first
-  recent = recent + 1
-  if recent == buckets - 1 then
-    recent_start, recent_first = newest_start, newest_observed
-  elseif recent < buckets then
-    recent_start, recent_first = struct.unpack(BUCKET, redis.call('LINDEX', buckets_key, recent - buckets + 1))
-  end
-  changed = true
-end
-
-while buckets > 1 and now - oldest_start > window_ms do
-  observed = observed - oldest_observed
-  declined = declined - oldest_declined
-  buckets = buckets - 1
-  recent = recent - 1
-  if buckets == 1 then
-    -- Only the newest bucket is left: it is the oldest too (a bucket opened below must not
-    -- find the evicted one here).
-    oldest_start, oldest_observed, oldest_declined = newest_start, newest_observed, newest_declined
-  else
-    oldest_start, oldest_observed, oldest_declined = struct.unpack(BUCKET, redis.call('LPOP', buckets_key))
-  end
-  changed = true
-end
-
+local w = Window.open(KEYS[1], 4, 2, server_now())
+w:evict(window_ms)
+local now = w.now
+local rate = w.n > 0 and w.param or new_rate
 local soft = window_seconds * rate
 local hard = soft * hard_limit_factor
 
--- The factor a call sees when `accepted` calls are admitted in the window.
-local function factor(accepted)
-  if accepted < soft then
+local function accepted()
+  if w.n == 0 then
     return 0
   end
-  if accepted >= hard then
-    return 1
-  end
-  local perceived = math.max(observed / window_seconds, recent_observed)
-  return math.min(1, math.max(0, 1 - rate / perceived))
+  return w.sum[1] - w.sum[2] + w.sum[3]
 end
 
-local result = -1
-local ttl = 'KEEPTTL'
-if mode ~= FACTOR then
-  local accepted = observed - declined
-  observed = observed + count
-  if buckets > 0 and now - newest_start < group_ms then
-    newest_observed = newest_observed + count
-    if recent < buckets then
-      recent_observed = recent_observed + count
+-- What buckets that started less than a second ago observed.
+local function last_second()
+  local recent = 0
+  w:newest_first(function(bucket)
+    if now - bucket[1] >= 1000 then
+      return false, true
     end
-  else
-    if buckets > 1 then
-      redis.call('RPUSH', buckets_key, struct.pack(BUCKET, newest_start, newest_observed, newest_declined))
-      redis.call('PEXPIRE', buckets_key, window_ms + 1)
-    end
-    if recent == buckets - 1 then
-      recent_first = newest_observed
-    end
-    if recent == buckets then
-      recent_start, recent_observed = now, 0
-    end
-    buckets = buckets + 1
-    newest_start, newest_observed, newest_declined = now, count, 0
-    recent_observed = recent_observed + count
-    ttl = 'PX'
+    recent = recent + bucket[2]
+    return false, false
+  end)
+  return recent
+end
+
+-- The factor a call sees when `admitted` units are accepted in the window.
+local function factor(admitted)
+  if admitted < soft then
+    return 0
   end
-  if mode == SYNC then
-    local declined_here = random_or_declined
-    declined = declined + declined_here
-    newest_declined = newest_declined + declined_here
-    result = {observed, declined, recent_observed, math.floor(rate * 2 ^ 20)}
-  elseif accepted + count > soft then
+  if admitted >= hard then
+    return 1
+  end
+  if now < w.extra[2] then
+    return w.extra[1]
+  end
+  local perceived = math.max(w.sum[1] / window_seconds, last_second())
+  local f = 0
+  if perceived > 0 then
+    f = math.min(1, math.max(0, 1 - rate / perceived))
+  end
+  w.extra[1], w.extra[2] = f, now + cache_ms
+  w.dirty = true
+  return f
+end
+
+local function quota(first)
+  return struct.pack('<dddd', first, soft, math.max(0, math.floor(soft - accepted())),
+    w:reset_ms(window_ms))
+end
+
+if mode == INC or mode == INC_QUOTA then
+  local result = -1
+  local before = accepted()
+  if count > 0 then
+    if w.n == 0 then
+      w:create(new_rate, new_epoch)
+    end
+    w:add(now, { count, 0, 0 }, group_ms, false)
+  end
+  if before + count > soft then
     local f, admitted = 1, false
     -- Admitting past the hard ceiling is never allowed, whatever the factor says.
-    if accepted + count <= hard then
-      f = factor(accepted)
-      admitted = random_or_declined >= f
+    if before + count <= hard then
+      f = w.n > 0 and factor(before) or 0
+      admitted = random >= f
     end
-    if not admitted then
-      declined = declined + count
-      newest_declined = newest_declined + count
+    if not admitted and count > 0 then
+      w.new[3] = w.new[3] + count
+      w.sum[2] = w.sum[2] + count
+      if w.n == 1 then w.old[3] = w.new[3] end
     end
     result = math.floor(f * 2 ^ 40) * 2 + (admitted and 1 or 0)
   end
-  changed = true
-else
-  result = math.floor(factor(observed - declined) * 2 ^ 40) * 2
+  w:save(window_ms)
+  if mode == INC_QUOTA then
+    return quota(result)
+  end
+  return result
 end
 
-if changed then
-  if buckets == 1 then
-    oldest_start, oldest_observed, oldest_declined = newest_start, newest_observed, newest_declined
+if mode == FACTOR then
+  if w.n == 0 then
+    return 0
   end
-  local header = struct.pack(HEADER, rate, observed, declined, buckets, oldest_start,
-    oldest_observed, oldest_declined, newest_start, newest_observed, newest_declined, recent,
-    recent_start, recent_first, recent_observed)
-  if ttl == 'PX' then
-    redis.call('SET', header_key, header, 'PX', window_ms + 1)
-  else
-    -- Same length, written in place: cheaper than SET and keeps the TTL.
-    redis.call('SETRANGE', header_key, '0', header)
-  end
+  local result = math.floor(factor(accepted()) * 2 ^ 40) * 2
+  w:save(window_ms)
+  return result
 end
-return result
+
+if mode == GET then
+  w:save(window_ms)
+  return quota(-1)
+end
+
+if mode == REFUND then
+  local left = count
+  w:newest_first(function(bucket)
+    local taken = math.min(left, bucket[2] - bucket[3])
+    if taken <= 0 then
+      return false, left <= 0
+    end
+    bucket[2] = bucket[2] - taken
+    w.sum[1] = w.sum[1] - taken
+    left = left - taken
+    return true, left <= 0
+  end)
+  w:evict(window_ms)
+  w:save(window_ms)
+  return quota(count - left)
+end
+
+-- LEASE
+local lease_ms, need_min, need_total, extra, observed, declined =
+  args[10], args[11], args[12], args[13], args[14], args[15]
+for i = 16, 21, 3 do
+  w:take_from(args[i], args[i + 1], 4, args[i + 2])
+end
+w:evict(window_ms)
+if w.n == 0 then
+  rate, soft, hard = new_rate, window_seconds * new_rate, window_seconds * new_rate * hard_limit_factor
+end
+if observed > 0 then
+  if w.n == 0 then
+    w:create(new_rate, new_epoch)
+  end
+  w:add(now, { observed, declined, 0 }, group_ms, false)
+end
+local available = math.max(0, math.floor(hard - accepted()))
+local granted = 0
+if need_min <= available and (need_total > 0 or extra > 0) then
+  granted = math.min(need_total, available)
+  granted = granted + math.min(extra, math.floor((available - granted) / 2))
+end
+local lease_start = now + lease_ms
+if granted > 0 then
+  if w.n == 0 then
+    w:create(new_rate, new_epoch)
+  end
+  w:add(lease_start, { 0, 0, granted }, group_ms, true)
+  lease_start = w.new[1]
+end
+local recent = last_second()
+w:save(window_ms)
+if w.n == 0 then
+  return struct.pack('<ddddddddd', 0, lease_start, 0, 0, 0, 0, 0, rate, 0)
+end
+return struct.pack('<ddddddddd', granted, lease_start, w.epoch, w.sum[1], w.sum[2], w.sum[3],
+  recent, rate, w:reset_ms(window_ms))

@@ -1,40 +1,14 @@
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use redis::Script;
-
-use super::{unexpected, RedisContext, RedisKey, ScriptCall};
-use crate::{limiter::Settings, RateLimit, RateLimitDecision, TrypemaError};
-
-pub(crate) const SOURCE: &str = include_str!("suppressed.lua");
-pub(crate) static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SOURCE));
-
-/// The script's modes.
-pub(crate) const INC: f64 = 1.0;
-pub(crate) const FACTOR: f64 = 2.0;
-pub(crate) const SYNC: f64 = 3.0;
-
-/// A call of the suppressed script; `last` is the random draw (inc) or the declined count
-/// (sync).
-pub(crate) fn script_call(
-    settings: &Settings,
-    mode: f64,
-    rate: f64,
-    count: u64,
-    last: f64,
-) -> ScriptCall {
-    ScriptCall {
-        mode,
-        args: [
-            settings.window_ms as f64,
-            settings.group_ms as f64,
-            rate,
-            count as f64,
-            settings.hard_limit_factor,
-            last,
-            0.0,
-        ],
-    }
-}
+use super::{
+    connection::SUPPRESSED,
+    script::{self, suppressed as mode, Args},
+    RedisContext, RedisKey, Tag,
+};
+use crate::{
+    metrics::{Provider, Strategy},
+    Quota, QuotaDecision, RateLimit, RateLimitDecision, TrypemaError,
+};
 
 /// Suppressed strategy in Redis. The random draw is made here, with a proper RNG, and passed to
 /// the script: Lua's `math.random` is seeded identically on every script run.
@@ -43,9 +17,48 @@ pub struct SuppressedRedisRateLimiter {
     context: Arc<RedisContext>,
 }
 
+/// The arguments every suppressed script call starts with.
+pub(crate) fn base_args(
+    settings: &crate::limiter::Settings,
+    mode: f64,
+    rate: f64,
+    count: u64,
+) -> Args {
+    Args::with(&[
+        mode,
+        settings.window_ms as f64,
+        settings.group_ms as f64,
+        rate,
+        count as f64,
+        script::new_epoch(),
+        settings.hard_limit_factor,
+        rand::random::<f64>(),
+        settings.suppression_cache_ms as f64,
+    ])
+}
+
 impl SuppressedRedisRateLimiter {
     pub(crate) fn new(context: Arc<RedisContext>) -> Self {
         Self { context }
+    }
+
+    async fn call(
+        &self,
+        key: &RedisKey,
+        mode: f64,
+        rate: f64,
+        count: u64,
+    ) -> Result<redis::Value, TrypemaError> {
+        let args = base_args(&self.context.settings, mode, rate, count).into_bytes();
+        let key = self.context.entity_key(key.as_str(), Tag::Suppressed);
+        self.context.eval(&SUPPRESSED, key, args).await
+    }
+
+    fn count(&self, decision: RateLimitDecision, degraded: bool) -> RateLimitDecision {
+        self.context
+            .metrics
+            .decision(Provider::Redis, Strategy::Suppressed, &decision, degraded);
+        decision
     }
 
     /// Records `count` as observed for `key` and decides whether to admit it.
@@ -55,41 +68,111 @@ impl SuppressedRedisRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
-        match self.call(key, INC, rate.get(), count).await? {
-            -1 => Ok(RateLimitDecision::Allowed),
-            encoded => Ok(RateLimitDecision::Suppressed {
-                suppression_factor: decode_factor(encoded)?,
-                is_allowed: encoded % 2 == 1,
-            }),
+        match self.call(key, mode::INC, rate.get(), count).await {
+            Ok(reply) => Ok(self.count(script::suppressed_decision(script::int(&reply)?)?, false)),
+            Err(error) => self
+                .context
+                .on_outage(
+                    error,
+                    Provider::Redis,
+                    Strategy::Suppressed,
+                    || RateLimitDecision::Allowed,
+                    |local, factor| {
+                        local
+                            .suppressed()
+                            .inc(key.as_str(), &rate.scaled(factor), count)
+                    },
+                )
+                .map(|decision| self.count(decision, true)),
+        }
+    }
+
+    /// Like [`Self::inc`], and also returns the key's quota after the call (`limit` is the soft
+    /// capacity), in the same round trip.
+    pub async fn inc_with_quota(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<QuotaDecision, TrypemaError> {
+        match self.call(key, mode::INC_QUOTA, rate.get(), count).await {
+            Ok(reply) => {
+                let [encoded, limit, remaining, reset_ms] = script::doubles::<4>(&reply)?;
+                let decision = script::suppressed_decision(encoded as i64)?;
+                Ok(QuotaDecision {
+                    decision: self.count(decision, false),
+                    quota: Quota {
+                        limit,
+                        remaining: script::whole(remaining),
+                        reset_ms: script::whole(reset_ms),
+                    },
+                    degraded: false,
+                })
+            }
+            Err(error) => {
+                let soft = self.context.settings.suppression_limits(rate).soft;
+                self.context
+                    .on_outage(
+                        error,
+                        Provider::Redis,
+                        Strategy::Suppressed,
+                        || QuotaDecision {
+                            decision: RateLimitDecision::Allowed,
+                            quota: Quota {
+                                limit: soft,
+                                remaining: soft as u64,
+                                reset_ms: 0,
+                            },
+                            degraded: true,
+                        },
+                        |local, factor| {
+                            let mut outcome = local.suppressed().inc_with_quota(
+                                key.as_str(),
+                                &rate.scaled(factor),
+                                count,
+                            );
+                            outcome.degraded = true;
+                            outcome
+                        },
+                    )
+                    .map(|outcome| QuotaDecision {
+                        decision: self.count(outcome.decision, true),
+                        ..outcome
+                    })
+            }
         }
     }
 
     /// The key's current suppression factor (0 for a key with no state); records nothing.
     pub async fn get_suppression_factor(&self, key: &RedisKey) -> Result<f64, TrypemaError> {
-        decode_factor(self.call(key, FACTOR, 1.0, 0).await?)
+        let reply = self.call(key, mode::FACTOR, 1.0, 0).await?;
+        Ok(script::decode_factor(script::int(&reply)?)?.0)
     }
 
-    async fn call(
-        &self,
-        key: &RedisKey,
-        mode: f64,
-        rate: f64,
-        count: u64,
-    ) -> Result<i64, TrypemaError> {
-        let call = script_call(&self.context.settings, mode, rate, count, rand::random());
+    /// The key's quota against its soft capacity (for a key without state, from `rate`);
+    /// records nothing.
+    pub async fn get(&self, key: &RedisKey, rate: &RateLimit) -> Result<Quota, TrypemaError> {
+        let reply = self.call(key, mode::GET, rate.get(), 0).await?;
+        let [_, limit, remaining, reset_ms] = script::doubles::<4>(&reply)?;
+        Ok(Quota {
+            limit,
+            remaining: script::whole(remaining),
+            reset_ms: script::whole(reset_ms),
+        })
+    }
+
+    /// Takes back up to `count` admitted units of `key`, newest first (never below zero);
+    /// returns how many were taken back.
+    pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
+        let reply = self.call(key, mode::REFUND, 1.0, count).await?;
+        let [refunded, ..] = script::doubles::<4>(&reply)?;
+        Ok(script::whole(refunded))
+    }
+
+    /// Forgets `key`'s suppressed state for every process sharing this Redis and prefix.
+    pub async fn reset(&self, key: &RedisKey) -> Result<(), TrypemaError> {
         self.context
-            .run(&SCRIPT, self.context.entity_keys(key, "s"), call)
+            .delete(self.context.entity_key(key.as_str(), Tag::Suppressed))
             .await
-    }
-}
-
-/// The script returns `floor(factor × 2^40) × 2 + admitted`: a whole number, because formatting
-/// a float as text costs more server time than the rest of the decision.
-fn decode_factor(encoded: i64) -> Result<f64, TrypemaError> {
-    const SCALE: f64 = (1u64 << 40) as f64;
-    if (0..=(1i64 << 41) + 1).contains(&encoded) {
-        Ok((encoded / 2) as f64 / SCALE)
-    } else {
-        Err(unexpected(encoded))
     }
 }
