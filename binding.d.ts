@@ -11,36 +11,56 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 export declare class NativeRateLimiter {
   static createLocal(options: LimiterOptions): NativeRateLimiter
-  /**
-   * A limiter whose `redis` provider uses `connection`; `drain` is called when Redis
-   * results are waiting to be taken with `redisDrain`.
-   */
-  static createWithRedis(options: LimiterOptions, connection: RedisConnection, drain: () => void): NativeRateLimiter
+  /** Takes the limiter a `build` job made (see `redisBuild`). */
+  static adopt(id: number): NativeRateLimiter
   /** What the plain functions below take as their first argument. */
   get handle(): number
   /** The configured window, which every rejection reports. */
   get windowSizeSeconds(): number
-  /** Stops background work and drops all state; later calls fail with `TRYPEMA_CLOSED`. */
+  /** Drops all state and stops background work; later calls fail with `TRYPEMA_CLOSED`. */
   close(): void
 }
 
-/**
- * The outcome of connecting: a connection waiting to be handed to a limiter, or why there is
- * none. (Async napi functions can only reject with napi's own status codes, so the failure is
- * returned and `index.js` raises it as a `TRYPEMA_REDIS` error.)
- */
-export declare class RedisConnection {
-  /** Why connecting failed, or `null`. */
-  get failure(): string | null
+export interface CallError {
+  code: string
+  message: string
 }
 
-/** Connects to `url` within a bounded time. */
-export declare function connectRedis(url: string): Promise<RedisConnection>
+/** Queues giving back a limiter's hybrid leases and pushing its pending counts (`close()`). */
+export declare function closeEnqueue(handle: number, id: number): void
+
+/**
+ * How to reach Redis; exactly one of `url`, `cluster` and `sentinelUrls` (checked in `index.js`,
+ * and again here).
+ */
+export interface ConnectionOptions {
+  url?: string
+  cluster?: Array<string>
+  sentinelUrls?: Array<string>
+  sentinelMasterName?: string
+  /** PEM: a CA to trust instead of the system's, and a client certificate and key (mutual TLS). */
+  tlsCa?: string
+  tlsCert?: string
+  tlsKey?: string
+  connectTimeoutMs?: number
+  commandTimeoutMs?: number
+}
+
+export interface DecisionCounters {
+  provider: string
+  strategy: string
+  allowed: number
+  rejected: number
+  suppressedAdmitted: number
+  suppressedDeclined: number
+  errors: number
+  degraded: number
+}
 
 export interface DrainedResults {
-  /** `id, kind, a, b` per settled call. */
+  /** Eight numbers per settled call: `id, kind, a, b, limit, remaining, resetMs, flags`. */
   numbers: Float64Array
-  errors: Array<RedisCallError>
+  errors: Array<CallError>
 }
 
 /**
@@ -50,12 +70,30 @@ export interface DrainedResults {
  */
 export declare function fastCalls(): Record<'localAbsoluteInc' | 'localSuppressedInc' | 'hybridAbsoluteTry' | 'hybridSuppressedTry', (handle: number, key: string, rate: number, count: number) => number>
 
+/**
+ * Sets up this JavaScript thread: `drain` is called whenever results are waiting. When the
+ * thread's environment is torn down (a worker terminated), its limiters are dropped, which
+ * closes their connections even with calls in flight.
+ */
+export declare function init(drain: () => void): void
+
 /** `remaining_after_waiting` of the last rejection returned on this thread. */
 export declare function lastRemaining(): number
 
+export interface LimiterMetrics {
+  decisions: Array<DecisionCounters>
+  redisRoundTrips: number
+  redisFailures: number
+  redisLatencyP50Ms: number
+  redisLatencyP99Ms: number
+  breakerOpened: number
+  redisDegraded: boolean
+  hybridLeasedUnits: number
+  hybridReturnedUnits: number
+}
+
 /** Settings as passed from JavaScript; each is checked by the core crate's builder. */
 export interface LimiterOptions {
-  redisUrl?: string
   windowSizeSeconds?: number
   rateGroupSizeMs?: number
   hardLimitFactor?: number
@@ -64,25 +102,45 @@ export interface LimiterOptions {
   syncIntervalMs?: number
   cleanupIntervalMs?: number
   staleAfterMs?: number
+  commandTimeoutMs?: number
+  /** `'reject'` (default), `'allow'` or `'local'`. */
+  onRedisError?: string
+  localRateFactor?: number
 }
 
 export declare function localAbsoluteIsAllowed(handle: number, key: string): number
 
+/** `[limit, remaining, resetMs]` of `key`; records nothing. */
+export declare function localGet(handle: number, strategy: number, key: string, rate: number): Float64Array
+
+/** `strategy`: 0 absolute, 1 suppressed. */
+export declare function localIncWithQuota(handle: number, strategy: number, key: string, rate: number, count: number): Float64Array
+
+export declare function localRefund(handle: number, strategy: number, key: string, count: number): number
+
+export declare function localReset(handle: number, strategy: number, key: string): void
+
 export declare function localSuppressedFactor(handle: number, key: string): number
 
-export interface RedisCallError {
-  code: string
-  message: string
-}
+export declare function metrics(handle: number): LimiterMetrics
+
+export declare function metricsText(handle: number): string
+
+/**
+ * Connects to Redis as `connection` says, builds a limiter with `options` and verifies that
+ * Redis answers, accepts the credentials and lets the user run every command the scripts need.
+ * Settles `id` when done; the limiter is then taken with `NativeRateLimiter.adopt(id)`.
+ */
+export declare function redisBuild(id: number, options: LimiterOptions, connection: ConnectionOptions): void
 
 /** Takes every result that has arrived since the last drain. */
-export declare function redisDrain(handle: number): DrainedResults
+export declare function redisDrain(): DrainedResults
 
 /** Validates a call and queues it; throws for invalid arguments, so nothing bad is queued. */
 export declare function redisEnqueue(handle: number, op: number, id: number, key: string, rate: number, count: number): void
 
 /** Sends every queued call to the runtime in one hand-off. */
-export declare function redisFlush(handle: number): void
+export declare function redisFlush(): void
 
 /** Throws the error `build()` would give for these settings, without building anything. */
 export declare function validateOptions(options: LimiterOptions): void

@@ -19,8 +19,10 @@ use trypema::RateLimitDecision;
 use crate::{
     convert::{self, KeyArg},
     limiter::{remember, with_limiter, Limiter},
-    redis_bridge::NEEDS_REDIS,
 };
+
+/// What `hybrid*Try` returns when the call needs Redis: it is then queued like a `redis` call.
+const NEEDS_REDIS: f64 = -2.0;
 
 type Call = fn(&Limiter, &KeyArg, f64, f64) -> napi::Result<f64, &'static str>;
 
@@ -61,7 +63,7 @@ fn hybrid_try(
     count: f64,
     decide: impl FnOnce(&trypema::hybrid::HybridProvider, &str, u64) -> Option<RateLimitDecision>,
 ) -> napi::Result<f64, &'static str> {
-    limiter.redis_bridge()?;
+    limiter.require_redis()?;
     let key = key.redis_text()?;
     convert::rate(rate)?;
     let decision = decide(limiter.core.hybrid(), key, convert::count(count)?);
@@ -144,8 +146,9 @@ unsafe fn dispatch(
             true,
         );
     }
-    let Ok(key) = KeyArg::from_napi_value(env, argv[1]) else {
-        return throw(env, "ERR_INVALID_ARG_TYPE", "key must be a string", true);
+    let key = match KeyArg::from_napi_value(env, argv[1]) {
+        Ok(key) => key,
+        Err(error) => return throw(env, "ERR_INVALID_ARG_TYPE", &error.reason, true),
     };
     // A panic must not unwind into Node: it becomes an exception like any other error.
     let outcome = catch_unwind(AssertUnwindSafe(|| {

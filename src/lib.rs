@@ -6,7 +6,9 @@
 // Under `cfg(test)` napi-derive registers no exports, so everything they call looks unused.
 #![cfg_attr(test, allow(dead_code))]
 
+mod calls;
+mod connect;
 mod convert;
 mod fast_calls;
 mod limiter;
-mod redis_bridge;
+mod runtime;

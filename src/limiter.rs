@@ -1,36 +1,25 @@
-//! The limiter object and its synchronous (`local`) calls.
+//! The limiter object, its registry, and the synchronous (`local`) calls.
 //!
 //! Hot calls are plain functions taking a numeric handle rather than class methods: napi-rs
 //! class method dispatch measured ~540 ns per call here against ~50 ns for a plain function.
 //! The class instance owns the registration, so a limiter that is garbage-collected without
-//! `close()` is still released.
+//! `close()` is released: nothing else in JavaScript or in the addon keeps it alive.
 
 use std::{
     cell::{Cell, RefCell},
     rc::Rc,
+    sync::Arc,
 };
 
+use napi::bindgen_prelude::Float64Array;
 use napi_derive::napi;
-use trypema::{RateLimiter, TrypemaError};
+use trypema::{metrics::MetricsSnapshot, Quota, QuotaDecision, RateLimiter, TrypemaError};
 
 use crate::{
-    convert::{self, closed_error, js_error, KeyArg},
-    redis_bridge::{DrainCallback, RedisBridge, RedisConnection},
+    calls,
+    convert::{self, closed_error, configure, js_error, KeyArg, LimiterOptions},
+    runtime,
 };
-
-/// Settings as passed from JavaScript; each is checked by the core crate's builder.
-#[napi(object)]
-pub struct LimiterOptions {
-    pub redis_url: Option<String>,
-    pub window_size_seconds: Option<f64>,
-    pub rate_group_size_ms: Option<f64>,
-    pub hard_limit_factor: Option<f64>,
-    pub suppression_factor_cache_ms: Option<f64>,
-    pub redis_prefix: Option<String>,
-    pub sync_interval_ms: Option<f64>,
-    pub cleanup_interval_ms: Option<f64>,
-    pub stale_after_ms: Option<f64>,
-}
 
 thread_local! {
     // Each JavaScript thread (main or worker) has its own limiters; calls never cross threads.
@@ -41,17 +30,19 @@ thread_local! {
     static LAST_REMAINING: Cell<f64> = const { Cell::new(0.0) };
 }
 
-/// A registered limiter: the core limiter plus, when built with a Redis URL, its call bridge.
+/// A registered limiter.
 pub(crate) struct Limiter {
-    pub(crate) core: RateLimiter,
-    redis: Option<RedisBridge>,
+    pub(crate) core: Arc<RateLimiter>,
+    pub(crate) has_redis: bool,
 }
 
 impl Limiter {
-    pub(crate) fn redis_bridge(&self) -> napi::Result<&RedisBridge, &'static str> {
-        self.redis
-            .as_ref()
-            .ok_or_else(|| js_error(TrypemaError::RedisNotConfigured))
+    pub(crate) fn require_redis(&self) -> napi::Result<(), &'static str> {
+        if self.has_redis {
+            Ok(())
+        } else {
+            Err(js_error(TrypemaError::RedisNotConfigured))
+        }
     }
 }
 
@@ -65,88 +56,43 @@ pub(crate) fn with_limiter<T>(
     call(&limiter)
 }
 
+fn release(handle: u32) {
+    // `try_with`: during thread teardown the registry may already be gone, which is fine.
+    let released = LIMITERS
+        .try_with(|limiters| {
+            limiters
+                .borrow_mut()
+                .get_mut(handle as usize)
+                .and_then(Option::take)
+        })
+        .ok()
+        .flatten();
+    // Dropped inside the runtime, so a hybrid limiter can still give its leases back.
+    runtime::within(|| drop(released));
+}
+
+/// Drops every limiter of this JavaScript thread (its environment is being torn down, e.g. a
+/// worker thread terminated): their connections close even with calls in flight.
+pub(crate) fn release_all() {
+    let all = LIMITERS
+        .try_with(|limiters| std::mem::take(&mut *limiters.borrow_mut()))
+        .unwrap_or_default();
+    runtime::within(|| drop(all));
+}
+
 #[napi]
 pub struct NativeRateLimiter {
     handle: u32,
     window_size_seconds: f64,
 }
 
-/// A whole-number setting from a JavaScript number. A fractional, negative or oversized value
-/// is reported with the code of the setting's own error (the core types only hold whole numbers).
-fn whole_setting(
-    name: &str,
-    value: Option<f64>,
-    error: fn(u64) -> TrypemaError,
-) -> napi::Result<Option<u64>, &'static str> {
-    match value {
-        None => Ok(None),
-        Some(value) => convert::whole_number(value).map(Some).ok_or_else(|| {
-            napi::Error::new(
-                error(0).code(),
-                format!("invalid {name} {value}: must be a whole number of at least 1"),
-            )
-        }),
-    }
-}
-
-pub(crate) fn configure(
-    mut builder: trypema::RateLimiterBuilder,
-    options: LimiterOptions,
-) -> napi::Result<trypema::RateLimiterBuilder, &'static str> {
-    use TrypemaError as E;
-    if let Some(value) = whole_setting(
-        "windowSizeSeconds",
-        options.window_size_seconds,
-        E::InvalidWindowSize,
-    )? {
-        builder = builder.window_size_seconds(value);
-    }
-    if let Some(value) = whole_setting(
-        "rateGroupSizeMs",
-        options.rate_group_size_ms,
-        E::InvalidRateGroupSize,
-    )? {
-        builder = builder.rate_group_size_ms(value);
-    }
-    if let Some(value) = options.hard_limit_factor {
-        builder = builder.hard_limit_factor(value);
-    }
-    if let Some(value) = whole_setting(
-        "suppressionFactorCacheMs",
-        options.suppression_factor_cache_ms,
-        E::InvalidSuppressionFactorCache,
-    )? {
-        builder = builder.suppression_factor_cache_ms(value);
-    }
-    if let Some(value) = options.redis_prefix {
-        builder = builder.redis_prefix(value);
-    }
-    if let Some(value) = whole_setting(
-        "syncIntervalMs",
-        options.sync_interval_ms,
-        E::InvalidSyncInterval,
-    )? {
-        builder = builder.sync_interval_ms(value);
-    }
-    if let Some(value) = whole_setting(
-        "cleanupIntervalMs",
-        options.cleanup_interval_ms,
-        E::InvalidCleanupInterval,
-    )? {
-        builder = builder.cleanup_interval_ms(value);
-    }
-    if let Some(value) =
-        whole_setting("staleAfterMs", options.stale_after_ms, E::InvalidStaleAfter)?
-    {
-        builder = builder.stale_after_ms(value);
-    }
-    Ok(builder)
-}
-
 impl NativeRateLimiter {
-    fn register(core: RateLimiter, redis: Option<RedisBridge>) -> Self {
+    fn register(core: RateLimiter, has_redis: bool) -> Self {
         let window_size_seconds = core.window_size_seconds() as f64;
-        let limiter = Rc::new(Limiter { core, redis });
+        let limiter = Rc::new(Limiter {
+            core: Arc::new(core),
+            has_redis,
+        });
         let handle = LIMITERS.with(|limiters| {
             let mut limiters = limiters.borrow_mut();
             limiters.push(Some(limiter));
@@ -159,47 +105,28 @@ impl NativeRateLimiter {
     }
 }
 
-fn release(limiters: &mut [Option<Rc<Limiter>>], handle: u32) {
-    if let Some(slot) = limiters.get_mut(handle as usize) {
-        *slot = None;
-    }
-}
-
 impl Drop for NativeRateLimiter {
     fn drop(&mut self) {
-        // `try_with`: during thread teardown the registry may already be gone, which is fine.
-        let _ = LIMITERS.try_with(|limiters| release(&mut limiters.borrow_mut(), self.handle));
+        release(self.handle);
     }
 }
 
 #[napi]
 impl NativeRateLimiter {
-    #[napi(factory)]
+    #[napi(factory, catch_unwind)]
     pub fn create_local(options: LimiterOptions) -> napi::Result<Self, &'static str> {
-        let limiter = configure(RateLimiter::local_builder(), options)?
+        let limiter = configure(RateLimiter::local_builder(), &options)?
             .build()
             .map_err(js_error)?;
-        Ok(Self::register(limiter, None))
+        Ok(Self::register(limiter, false))
     }
 
-    /// A limiter whose `redis` provider uses `connection`; `drain` is called when Redis
-    /// results are waiting to be taken with `redisDrain`.
-    #[napi(
-        factory,
-        ts_args_type = "options: LimiterOptions, connection: RedisConnection, drain: () => void"
-    )]
-    pub fn create_with_redis(
-        options: LimiterOptions,
-        connection: &mut RedisConnection,
-        drain: DrainCallback,
-    ) -> napi::Result<Self, &'static str> {
-        let manager = connection.manager.take().ok_or_else(|| {
-            napi::Error::new("TRYPEMA_REDIS", "this Redis connection is already in use")
-        })?;
-        let limiter = configure(RateLimiter::builder(manager), options)?
-            .build()
-            .map_err(js_error)?;
-        Ok(Self::register(limiter, Some(RedisBridge::new(drain))))
+    /// Takes the limiter a `build` job made (see `redisBuild`).
+    #[napi(factory, catch_unwind)]
+    pub fn adopt(id: f64) -> napi::Result<Self, &'static str> {
+        let limiter = calls::take_built(id)
+            .ok_or_else(|| convert::internal("no limiter was built under this id"))?;
+        Ok(Self::register(limiter, true))
     }
 
     /// What the plain functions below take as their first argument.
@@ -214,10 +141,10 @@ impl NativeRateLimiter {
         self.window_size_seconds
     }
 
-    /// Stops background work and drops all state; later calls fail with `TRYPEMA_CLOSED`.
-    #[napi]
+    /// Drops all state and stops background work; later calls fail with `TRYPEMA_CLOSED`.
+    #[napi(catch_unwind)]
     pub fn close(&self) {
-        LIMITERS.with(|limiters| release(&mut limiters.borrow_mut(), self.handle));
+        release(self.handle);
     }
 }
 
@@ -230,7 +157,13 @@ pub(crate) fn remember(decision: trypema::RateLimitDecision) -> f64 {
     })
 }
 
-#[napi(ts_args_type = "handle: number, key: string")]
+/// `remaining_after_waiting` of the last rejection returned on this thread.
+#[napi]
+pub fn last_remaining() -> f64 {
+    LAST_REMAINING.with(Cell::get)
+}
+
+#[napi(catch_unwind, ts_args_type = "handle: number, key: string")]
 pub fn local_absolute_is_allowed(handle: u32, key: KeyArg) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
         let key = key.local()?;
@@ -238,7 +171,7 @@ pub fn local_absolute_is_allowed(handle: u32, key: KeyArg) -> napi::Result<f64, 
     })
 }
 
-#[napi(ts_args_type = "handle: number, key: string")]
+#[napi(catch_unwind, ts_args_type = "handle: number, key: string")]
 pub fn local_suppressed_factor(handle: u32, key: KeyArg) -> napi::Result<f64, &'static str> {
     with_limiter(handle, |limiter| {
         let key = key.local()?;
@@ -250,17 +183,159 @@ pub fn local_suppressed_factor(handle: u32, key: KeyArg) -> napi::Result<f64, &'
     })
 }
 
+/// `[limit, remaining, resetMs]`.
+pub(crate) fn quota_numbers(quota: &Quota) -> [f64; 3] {
+    [quota.limit, quota.remaining as f64, quota.reset_ms as f64]
+}
+
+/// `[encoded decision, limit, remaining, resetMs]` (decision encoded as for `localAbsoluteInc`).
+fn quota_decision(outcome: QuotaDecision) -> Float64Array {
+    let [limit, remaining, reset_ms] = quota_numbers(&outcome.quota);
+    Float64Array::new(vec![remember(outcome.decision), limit, remaining, reset_ms])
+}
+
+/// `strategy`: 0 absolute, 1 suppressed.
+#[napi(
+    catch_unwind,
+    ts_args_type = "handle: number, strategy: number, key: string, rate: number, count: number"
+)]
+pub fn local_inc_with_quota(
+    handle: u32,
+    strategy: u32,
+    key: KeyArg,
+    rate: f64,
+    count: f64,
+) -> napi::Result<Float64Array, &'static str> {
+    with_limiter(handle, |limiter| {
+        let local = limiter.core.local();
+        let (key, rate, count) = (key.local()?, convert::rate(rate)?, convert::count(count)?);
+        Ok(quota_decision(match strategy {
+            0 => local.absolute().inc_with_quota(key, &rate, count),
+            _ => local.suppressed().inc_with_quota(key, &rate, count),
+        }))
+    })
+}
+
+/// `[limit, remaining, resetMs]` of `key`; records nothing.
+#[napi(catch_unwind, ts_args_type = "handle: number, strategy: number, key: string, rate: number")]
+pub fn local_get(
+    handle: u32,
+    strategy: u32,
+    key: KeyArg,
+    rate: f64,
+) -> napi::Result<Float64Array, &'static str> {
+    with_limiter(handle, |limiter| {
+        let local = limiter.core.local();
+        let (key, rate) = (key.local()?, convert::rate(rate)?);
+        let quota = match strategy {
+            0 => local.absolute().get(key, &rate),
+            _ => local.suppressed().get(key, &rate),
+        };
+        Ok(Float64Array::new(quota_numbers(&quota).to_vec()))
+    })
+}
+
+#[napi(catch_unwind, ts_args_type = "handle: number, strategy: number, key: string, count: number")]
+pub fn local_refund(
+    handle: u32,
+    strategy: u32,
+    key: KeyArg,
+    count: f64,
+) -> napi::Result<f64, &'static str> {
+    with_limiter(handle, |limiter| {
+        let local = limiter.core.local();
+        let (key, count) = (key.local()?, convert::count(count)?);
+        Ok(match strategy {
+            0 => local.absolute().refund(key, count),
+            _ => local.suppressed().refund(key, count),
+        } as f64)
+    })
+}
+
+#[napi(catch_unwind, ts_args_type = "handle: number, strategy: number, key: string")]
+pub fn local_reset(handle: u32, strategy: u32, key: KeyArg) -> napi::Result<(), &'static str> {
+    with_limiter(handle, |limiter| {
+        let local = limiter.core.local();
+        let key = key.local()?;
+        match strategy {
+            0 => local.absolute().reset(key),
+            _ => local.suppressed().reset(key),
+        }
+        Ok(())
+    })
+}
+
 /// Throws the error `build()` would give for these settings, without building anything.
-#[napi]
+#[napi(catch_unwind)]
 pub fn validate_options(options: LimiterOptions) -> napi::Result<(), &'static str> {
-    configure(RateLimiter::local_builder(), options)?
-        .build()
-        .map(drop)
+    configure(RateLimiter::local_builder(), &options)?
+        .validate()
         .map_err(js_error)
 }
 
-/// `remaining_after_waiting` of the last rejection returned on this thread.
-#[napi]
-pub fn last_remaining() -> f64 {
-    LAST_REMAINING.with(Cell::get)
+#[napi(object)]
+pub struct DecisionCounters {
+    pub provider: String,
+    pub strategy: String,
+    pub allowed: f64,
+    pub rejected: f64,
+    pub suppressed_admitted: f64,
+    pub suppressed_declined: f64,
+    pub errors: f64,
+    pub degraded: f64,
+}
+
+#[napi(object)]
+pub struct LimiterMetrics {
+    pub decisions: Vec<DecisionCounters>,
+    pub redis_round_trips: f64,
+    pub redis_failures: f64,
+    pub redis_latency_p50_ms: f64,
+    pub redis_latency_p99_ms: f64,
+    pub breaker_opened: f64,
+    pub redis_degraded: bool,
+    pub hybrid_leased_units: f64,
+    pub hybrid_returned_units: f64,
+}
+
+fn metrics_of(snapshot: MetricsSnapshot, degraded: bool) -> LimiterMetrics {
+    LimiterMetrics {
+        decisions: snapshot
+            .decisions
+            .iter()
+            .map(|d| DecisionCounters {
+                provider: d.provider.into(),
+                strategy: d.strategy.into(),
+                allowed: d.allowed as f64,
+                rejected: d.rejected as f64,
+                suppressed_admitted: d.suppressed_admitted as f64,
+                suppressed_declined: d.suppressed_declined as f64,
+                errors: d.errors as f64,
+                degraded: d.degraded as f64,
+            })
+            .collect(),
+        redis_round_trips: snapshot.redis_round_trips as f64,
+        redis_failures: snapshot.redis_failures as f64,
+        redis_latency_p50_ms: snapshot.redis_latency_p50_ms,
+        redis_latency_p99_ms: snapshot.redis_latency_p99_ms,
+        breaker_opened: snapshot.breaker_opened as f64,
+        redis_degraded: degraded,
+        hybrid_leased_units: snapshot.hybrid_leased_units as f64,
+        hybrid_returned_units: snapshot.hybrid_returned_units as f64,
+    }
+}
+
+#[napi(catch_unwind)]
+pub fn metrics(handle: u32) -> napi::Result<LimiterMetrics, &'static str> {
+    with_limiter(handle, |limiter| {
+        Ok(metrics_of(
+            limiter.core.metrics(),
+            limiter.core.is_redis_degraded(),
+        ))
+    })
+}
+
+#[napi(catch_unwind)]
+pub fn metrics_text(handle: u32) -> napi::Result<String, &'static str> {
+    with_limiter(handle, |limiter| Ok(limiter.core.metrics().prometheus_text()))
 }
