@@ -272,6 +272,7 @@ function Window:newest_first(visit)
       changed, stop = visit(chunk[i])
       if changed then
         self:write_slot(first + i - 1, chunk[i])
+        self.dirty = true
       end
       if stop then
         return
@@ -334,6 +335,7 @@ function Window:take_from(start, epoch, field, amount)
   if taken > 0 then
     bucket[field] = bucket[field] - taken
     self.sum[field - 1] = self.sum[field - 1] - taken
+    self.dirty = true
     store()
   end
   return taken
