@@ -182,6 +182,11 @@ impl Leases {
         Take::Taken { renew }
     }
 
+    /// Counts `count` as demand without taking anything.
+    pub(crate) fn note_demand(&self, count: u64) {
+        self.demand.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// Unused quota this instance holds right now.
     pub(crate) fn available(&self, now_ms: u64) -> u64 {
         self.slots.iter().map(|slot| slot.available(now_ms)).sum()

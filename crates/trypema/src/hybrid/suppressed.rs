@@ -185,6 +185,21 @@ impl SharedEntry {
                 is_allowed: false,
             });
         }
+        // Draw only once quota is at hand (or Redis has just said there is none): a call that
+        // went to Redis for quota and drew again there would be declined more often than `f`.
+        if count > 0 && self.leases.available(now) < count {
+            if self.leases.refused(now, count, state.redis.settings().window_ms).is_some() {
+                view.record(count, true);
+                return Some(RateLimitDecision::Suppressed {
+                    suppression_factor: 1.0,
+                    is_allowed: false,
+                });
+            }
+            if first_attempt {
+                self.leases.note_demand(count);
+            }
+            return None;
+        }
         let factor = view.factor(&limits, accepted, now, cache_ms);
         if rand::random::<f64>() >= factor {
             admit(
