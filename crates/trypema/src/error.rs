@@ -42,8 +42,9 @@ pub enum TrypemaError {
     /// Redis answered with an error (out of memory, read-only replica, wrong type, ...).
     #[error("redis error: {0}")]
     Redis(String),
-    /// No answer within the command timeout: the call may still have been executed and counted.
-    #[error("redis did not answer within {0} ms; the call may have been counted")]
+    /// No answer within the command timeout (its milliseconds; 0 when the connection's own
+    /// response timeout fired first): the call may still have been executed and counted.
+    #[error("{}", timeout_message(*.0))]
     RedisTimeout(u64),
     /// Redis refused the credentials or the user lacks a permission the scripts need.
     #[error("redis refused access: {0}")]
@@ -56,6 +57,15 @@ pub enum TrypemaError {
     /// A failure inside trypema itself (a background thread that could not start, a panic).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn timeout_message(ms: u64) -> String {
+    match ms {
+        0 => "redis did not answer within the connection's response timeout; the call may have \
+              been counted"
+            .into(),
+        ms => format!("redis did not answer within {ms} ms; the call may have been counted"),
+    }
 }
 
 impl TrypemaError {

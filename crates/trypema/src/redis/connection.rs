@@ -317,9 +317,7 @@ pub(crate) async fn bounded<T>(
     operation: impl std::future::Future<Output = Result<T, TrypemaError>>,
 ) -> Result<T, TrypemaError> {
     match crate::runtime::timeout(limit, operation).await {
-        Some(Err(TrypemaError::RedisTimeout(_))) | None => {
-            Err(TrypemaError::RedisTimeout(limit.as_millis() as u64))
-        }
+        None => Err(TrypemaError::RedisTimeout(limit.as_millis() as u64)),
         Some(result) => result,
     }
 }

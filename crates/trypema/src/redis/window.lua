@@ -24,6 +24,8 @@
 local MAGIC = 7340
 local MAX_BUCKETS = 600
 local CHUNK = 32
+-- Eviction reads larger chunks: after a pause it walks many buckets in one call.
+local EVICT_CHUNK = 128
 
 local function server_now()
   local t = redis.call('TIME')
@@ -137,14 +139,28 @@ function Window:fold()
   self.dirty = true
 end
 
+-- Reads the bucket at `pos` of a raw chunk into `into` (no table is allocated per bucket: eviction
+-- after a long pause reads hundreds of them). Returns the position after it.
+local function read_bucket(bfmt, F, raw, pos, into)
+  if F == 2 then
+    into[1], into[2], pos = struct.unpack(bfmt, raw, pos)
+  else
+    into[1], into[2], into[3], into[4], pos = struct.unpack(bfmt, raw, pos)
+  end
+  return pos
+end
+
 -- Drops the buckets that left the window, and empty buckets at the old end (they free
 -- nothing, so they must not be named in a retry hint).
 function Window:evict(window_ms)
-  local now = self.now
-  local cache, at = nil, 1
+  local now, K, F = self.now, self.K, self.F
+  local raw, pos, left = nil, 1, 0
+  -- Buckets read from the array go through one scratch table; only the one that stays the
+  -- oldest is copied out.
+  local scratch, reading = {}, false
   while self.n > 0 do
     local o = self.old
-    if now - o[1] <= window_ms and not is_zero(o, self.K) then
+    if now - o[1] <= window_ms and not is_zero(o, K) then
       break
     end
     if self.n == 1 then
@@ -152,7 +168,7 @@ function Window:evict(window_ms)
       self.dirty = true
       break
     end
-    for j = 1, self.K do
+    for j = 1, K do
       self.sum[j] = self.sum[j] - o[j + 1]
     end
     self.n = self.n - 1
@@ -160,21 +176,30 @@ function Window:evict(window_ms)
     if self.n == 1 then
       self.old = copy(self.new)
       self.head = 0
+      -- The array is empty now: drop its bytes.
+      self.rewrite = self.rewrite or ''
     else
-      if cache == nil or at > #cache then
-        cache = self:slots(self.head, math.min(CHUNK, self.n - 1))
-        at = 1
-        if cache == nil then
+      if left == 0 then
+        local count = math.min(EVICT_CHUNK, self.n - 1)
+        local offset = self.hlen + self.head * self.blen
+        raw = redis.call('GETRANGE', self.key, offset, offset + count * self.blen - 1)
+        if #raw ~= count * self.blen then
           self:fold()
           break
         end
+        pos, left = 1, count
       end
-      self.old = cache[at]
-      at = at + 1
+      pos = read_bucket(self.bfmt, F, raw, pos, scratch)
+      self.old = scratch
+      reading = true
+      left = left - 1
       self.head = self.head + 1
     end
   end
-  for j = 1, self.K do
+  if reading and self.old == scratch then
+    self.old = copy(scratch)
+  end
+  for j = 1, K do
     if self.sum[j] < 0 then
       self.sum[j] = 0
     end
@@ -362,6 +387,17 @@ function Window:save(window_ms)
   end
   if self.n == 1 then
     self.old = copy(self.new)
+  end
+  -- Give back the space of evicted buckets once it outweighs the live ones.
+  local items = math.max(0, self.n - 2)
+  if not self.rewrite and self.head >= 32 and self.head >= items then
+    local live = ''
+    if items > 0 then
+      local offset = self.hlen + self.head * self.blen
+      live = redis.call('GETRANGE', self.key, offset, offset + items * self.blen - 1)
+    end
+    self.rewrite = live
+    self.head = 0
   end
   local values = { MAGIC + self.F, self.now, self.epoch, self.param, self.n, self.head }
   for j = 1, self.K do values[#values + 1] = self.sum[j] end
