@@ -1,29 +1,52 @@
 // `npm test`: builds the addon, starts a private redis-server on a free loopback port, then runs
-// the Rust tests, the Node tests (which include the typings check) against it, and stops it.
+// every suite against it: the Rust crate without features and under each runtime feature, the
+// style checks, the Node tests (typings included), the packaging checks. Stops at the first
+// failing step and says which; prints a summary of all steps at the end.
 import { spawnSync } from 'node:child_process'
+import { readdirSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
+
 import { startRedis } from './redis-server.mjs'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
+const steps = []
 
-function run(command, args, env = {}) {
-  console.log(`\n$ ${command} ${args.join(' ')}`)
+function run(name, command, args, env = {}) {
+  console.log(`\n=== ${name}\n$ ${command} ${args.join(' ')}`)
+  const started = Date.now()
   const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
-  if (result.status !== 0) {
-    throw new Error(`${command} ${args.join(' ')} failed (${result.signal ?? `exit ${result.status}`})`)
+  const seconds = ((Date.now() - started) / 1000).toFixed(1)
+  const ok = result.status === 0
+  steps.push({ name, ok, seconds })
+  if (!ok) {
+    throw new Error(`${name} failed (${result.signal ?? `exit ${result.status}`}): ${command} ${args.join(' ')}`)
   }
 }
 
-run('npx', ['napi', 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])
-const redis = await startRedis()
-console.log(`test redis-server: ${redis.url}`)
-const env = { TRYPEMA_TEST_REDIS_URL: redis.url }
+// Node 22+ no longer takes a directory for `node --test`: name the files.
+const nodeTests = readdirSync(new URL('../__test__/', import.meta.url))
+  .filter((name) => name.endsWith('.test.mjs'))
+  .sort()
+  .map((name) => `__test__/${name}`)
+
+let redis = null
 try {
-  run('cargo', ['test', '-p', 'trypema', '--all-features', '--', '--test-threads=2'], env)
-  run('node', ['--test', '--test-concurrency=1', '__test__/'], env)
+  run('build the addon', 'npx', ['napi', 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])
+  redis = await startRedis()
+  console.log(`test redis-server: ${redis.url}`)
+  const env = { TRYPEMA_TEST_REDIS_URL: redis.url }
+  run('rust: style', 'cargo', ['fmt', '--all', '--', '--check'])
+  run('rust: local provider only (no features)', 'cargo', ['test', '-p', 'trypema', '--', '--test-threads=2'], env)
+  run('rust: redis-tokio', 'cargo', ['test', '-p', 'trypema', '--features', 'redis-tokio', '--', '--test-threads=2'], env)
+  run('rust: redis-smol', 'cargo', ['test', '-p', 'trypema', '--features', 'redis-smol', '--', '--test-threads=2'], env)
+  run('rust: both runtime features are refused', 'node', ['scripts/check-features.mjs'])
+  run('rust: lints', 'cargo', ['clippy', '--workspace', '--all-targets', '--features', 'trypema/redis-tokio', '--', '-D', 'warnings'])
+  run('node tests', 'node', ['--test', '--test-concurrency=1', ...nodeTests], env)
 } catch (error) {
   console.error(`\n${error.message}`)
   process.exitCode = 1
 } finally {
-  await redis.stop()
+  await redis?.stop()
+  console.log('\n=== summary')
+  for (const step of steps) console.log(`${step.ok ? 'ok  ' : 'FAIL'} ${step.name} (${step.seconds} s)`)
 }
