@@ -1,19 +1,30 @@
 // `npm start`: a small Express API protected by trypema.
 //
-//   npm start                 serve on http://127.0.0.1:3000 (or PORT, or a free port)
+//   npm start                 serve on http://127.0.0.1:3000 (or PORT, or a free port);
+//                             open it in a browser for the live page (examples/dashboard/)
+//   npm start -- --port 4000  serve on that port (0: any free port)
 //   npm start -- --demo       fire a burst at every route, print what came back, exit
 //
 // Redis: REDIS_URL when set; otherwise a private redis-server on a free loopback port (stopped on
-// exit); without redis-server installed, the in-process `local` provider.
+// exit; the live page can stop and restart it); without redis-server installed, the in-process
+// `local` provider.
 import express from 'express'
 import net from 'node:net'
 import { RateLimiter } from 'trypema'
 import { defaultKey, rateLimit } from 'trypema/express'
 import { startRedis, redisServerInstalled, freePort } from '../scripts/redis-server.mjs'
+import { createDashboard } from './dashboard/server.mjs'
 
 const HOST = '127.0.0.1'
 const WINDOW_SECONDS = 10
+const HARD_LIMIT_FACTOR = 1.5
 const demo = process.argv.includes('--demo')
+const portFlag = process.argv.indexOf('--port')
+const requestedPort = portFlag === -1 ? process.env.PORT || undefined : String(process.argv[portFlag + 1])
+if (requestedPort !== undefined && !/^\d{1,5}$/.test(requestedPort)) {
+  console.error(`--port / PORT must be a port number, got ${JSON.stringify(requestedPort)}`)
+  process.exit(2)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Redis and the limiter
@@ -47,7 +58,7 @@ try {
   limiter = await RateLimiter.builder(provider === 'local' ? undefined : redisUrl)
     .windowSizeSeconds(WINDOW_SECONDS)
     .rateGroupSizeMs(10)
-    .hardLimitFactor(1.5)
+    .hardLimitFactor(HARD_LIMIT_FACTOR)
     // Each run gets its own keys, so a shared REDIS_URL does not carry over earlier runs' counts.
     .redisPrefix(`trypema-demo-${process.pid}`)
     .build()
@@ -67,7 +78,7 @@ const FEED_RATE = 5 // per second: 50 per 10 s window per client, served from lo
 const feedProvider = provider === 'local' ? 'local' : 'hybrid'
 
 const ROUTES = [
-  { method: 'GET', path: '/', description: 'this list (not limited)' },
+  { method: 'GET', path: '/', description: 'this list (not limited); in a browser, the live page' },
   {
     method: 'GET',
     path: '/api/hello',
@@ -85,22 +96,74 @@ const ROUTES = [
   },
 ]
 
+const feedKey = (req) => `feed/${defaultKey(req)}`
+
+// The live page counts every limited route's outcomes per second (see examples/dashboard/).
+// `limitedStatus`: what the route answers when the limiter says no; `keyOf`: its limiter key.
+const dashboard = createDashboard({
+  routes: [
+    { id: 'hello', samplePath: '/api/hello', provider, strategy: 'absolute', rate: HELLO_RATE, limitedStatus: 429, keyOf: defaultKey },
+    {
+      id: 'search',
+      samplePath: '/api/search?q=rust',
+      provider,
+      strategy: 'suppressed',
+      rate: SEARCH_RATE,
+      limitedStatus: 503,
+      keyOf: defaultKey,
+    },
+    { id: 'feed', samplePath: '/api/feed', provider: feedProvider, strategy: 'absolute', rate: FEED_RATE, limitedStatus: 429, keyOf: feedKey },
+  ].map((route) => {
+    const path = route.samplePath.split('?')[0]
+    return { method: 'GET', path, description: ROUTES.find((r) => r.path.split('?')[0] === path).description, ...route }
+  }),
+  windowSeconds: WINDOW_SECONDS,
+  hardLimitFactor: HARD_LIMIT_FACTOR,
+  limiter,
+  provider,
+  redis,
+  redisUrl,
+})
+
 const app = express()
 app.disable('x-powered-by')
 
 app.get('/', (req, res) => {
+  // A browser gets the live page; curl and other clients get the list of routes.
+  if ((req.get('accept') ?? '').includes('text/html')) return dashboard.page(req, res)
   res.json({ provider, windowSeconds: WINDOW_SECONDS, routes: ROUTES })
 })
+app.use(dashboard.router)
 
+// `onError: dashboard.onError` does what the default `'allow'` does (fail open: the request goes
+// on without limit headers) and records the failure for the page.
 app.get(
   '/api/hello',
-  rateLimit({ limiter, provider, strategy: 'absolute', rate: HELLO_RATE, policyName: 'hello', legacyHeaders: true }),
+  dashboard.counter('hello'),
+  rateLimit({
+    limiter,
+    provider,
+    strategy: 'absolute',
+    rate: HELLO_RATE,
+    policyName: 'hello',
+    legacyHeaders: true,
+    onError: dashboard.onError,
+  }),
   (req, res) => res.json({ message: 'Hello from trypema!' }),
 )
 
 app.get(
   '/api/search',
-  rateLimit({ limiter, provider, strategy: 'suppressed', rate: SEARCH_RATE, policyName: 'search', suppressedStatus: 503 }),
+  dashboard.counter('search'),
+  rateLimit({
+    limiter,
+    provider,
+    strategy: 'suppressed',
+    rate: SEARCH_RATE,
+    policyName: 'search',
+    suppressedStatus: 503,
+    onError: dashboard.onError,
+  }),
   (req, res) => {
     const q = String(req.query.q ?? '')
     res.json({ query: q, results: [`${q} book`, `${q} crate`, `${q} tutorial`] })
@@ -109,6 +172,7 @@ app.get(
 
 app.get(
   '/api/feed',
+  dashboard.counter('feed'),
   rateLimit({
     limiter,
     provider: feedProvider,
@@ -116,13 +180,14 @@ app.get(
     rate: FEED_RATE,
     policyName: 'feed',
     // Its own count per client: /api/hello also limits the client's IP with the absolute strategy.
-    key: (req) => `feed/${defaultKey(req)}`,
+    key: feedKey,
+    onError: dashboard.onError,
   }),
   (req, res) => res.json({ items: ['release notes', 'benchmarks', 'changelog'] }),
 )
 
 async function portToUse() {
-  if (process.env.PORT) return Number(process.env.PORT)
+  if (requestedPort !== undefined) return Number(requestedPort)
   const free = await new Promise((resolve) => {
     const probe = net.createServer()
     probe.once('error', () => resolve(false))
@@ -138,10 +203,12 @@ const server = await new Promise((resolve, reject) => {
   }, reject)
 })
 const base = `http://${HOST}:${server.address().port}`
+dashboard.start(base)
 
 let shuttingDown = null
 function shutdown() {
   shuttingDown ??= (async () => {
+    dashboard.close()
     server.closeAllConnections?.()
     await new Promise((resolve) => server.close(resolve))
     await limiter.close()
@@ -160,12 +227,15 @@ if (!demo) {
       ? "provider: local (in-process)"
       : `provider: ${provider} (${redis !== null ? 'private redis-server at ' : ''}${redisUrl})`,
   )
+  console.log(`\nLive page: open ${base}/ in a browser (${base}/?burst=hello starts a burst right away)`)
   console.log('\nTry:')
   console.log(`  curl -i ${base}/`)
   console.log(`  curl -i ${base}/api/hello`)
   console.log(`  for i in $(seq 25); do curl -s -o /dev/null -w '%{http_code} ' ${base}/api/hello; done; echo`)
   console.log(`  curl -i '${base}/api/search?q=rust'`)
   console.log(`  curl -i ${base}/api/feed`)
+  console.log(`  curl -X POST '${base}/demo/burst?route=search&multiple=10&seconds=20'   # a load burst`)
+  if (redis !== null) console.log(`  curl -X POST ${base}/demo/redis/stop      # and /demo/redis/start: a Redis outage`)
   console.log(`  npm start -- --demo     # burst every route and print a summary`)
   console.log('\nCtrl+C to stop.')
 }
@@ -264,7 +334,7 @@ if (demo) {
     console.log(
       `\n/api/hello admits ${HELLO_RATE * WINDOW_SECONDS} per ${WINDOW_SECONDS} s window, then answers 429 with Retry-After.` +
         `\n/api/search admits ${SEARCH_RATE * WINDOW_SECONDS} per window, then sheds a growing share (503),` +
-        ` never admitting more than ${SEARCH_RATE * WINDOW_SECONDS * 1.5}.` +
+        ` never admitting more than ${SEARCH_RATE * WINDOW_SECONDS * HARD_LIMIT_FACTOR}.` +
         `\n/api/feed admits ${FEED_RATE * WINDOW_SECONDS} per window (${feedProvider}: decided from a local lease), then 429.`,
     )
   } catch (error) {
