@@ -42,6 +42,9 @@ function expect(type, name, value) {
 
 function checkKey(key) {
   expect('string', 'key', key)
+  if (!key.isWellFormed()) {
+    throw new TypeError('key must be a well-formed string: it contains a lone UTF-16 surrogate')
+  }
 }
 
 function checkInc(key, rate, count) {
@@ -206,9 +209,7 @@ class Calls {
   /** A queued call of operation `op`; arguments are checked by the addon before it is queued. */
   call(op, key, rate, count) {
     if (this.closing) throw closedError()
-    if (!key.isWellFormed()) {
-      throw new TypeError('key must be a well-formed string: it contains a lone UTF-16 surrogate')
-    }
+    checkKey(key)
     const id = nextId++
     binding.redisEnqueue(this.handle, op, id, key, rate, count)
     return awaitResult(id, this)
@@ -275,6 +276,7 @@ class LocalStrategy {
   /** Like `inc`, and also returns the key's quota after the call. */
   incWithQuota(key, rate, count = 1) {
     checkInc(key, rate, count)
+    checkKey(key)
     const numbers = binding.localIncWithQuota(this.#handle, this.#strategy, key, rate, count)
     return this.#strategy === 0
       ? localQuotaDecision(this.#native.windowSizeSeconds, absoluteDecision, numbers)
@@ -602,8 +604,8 @@ const POLICIES = new Set(['reject', 'allow', 'local'])
 function pem(value, name) {
   if (value === undefined) return undefined
   if (typeof value === 'string') return value
-  if (Buffer.isBuffer(value)) return value.toString('utf8')
-  throw new TypeError(`tls.${name} must be a string or a Buffer (PEM), got ${describe(value)}`)
+  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('utf8')
+  throw new TypeError(`tls.${name} must be a string or a Buffer / Uint8Array (PEM), got ${describe(value)}`)
 }
 
 function stringList(value, name) {

@@ -72,11 +72,12 @@ test('a program whose unclosed limiter runs frequent cleanups exits with code 0'
   const script = `
     import { RateLimiter } from ${INDEX_MJS}
     const rl = await RateLimiter.builder()
-      .windowSizeSeconds(1).cleanupIntervalMs(1).staleAfterMs(1).build()
+      .windowSizeSeconds(1).cleanupIntervalMs(1).staleAfterMs(1000).build()
     for (let i = 0; i < 100; i++) rl.local.absolute.inc('k' + i, 1)
     await new Promise((resolve) => setTimeout(resolve, 50)) // let cleanup run a few times
-    console.log(rl.local.absolute.inc('after', 1).kind)`
-  assertCleanExit(await runChild(['--input-type=module', '-e', script]), 'allowed')
+    console.log(rl.local.absolute.inc('after', 1).kind + ' ' + rl.local.absolute.inc('k0', 1).kind)`
+  // 'k0' is still within its window and staleAfterMs: cleanup must not have dropped it.
+  assertCleanExit(await runChild(['--input-type=module', '-e', script]), 'allowed rejected')
 })
 
 test('a program that builds 50 limiters, drops them unclosed and collects garbage exits 0', async () => {
@@ -145,4 +146,21 @@ test('a worker terminated while its limiter is in use does not take the process 
       console.log('terminated ' + code)
     })`
   assertCleanExit(await runChild(['-e', script]), 'terminated 1')
+})
+
+test('a program whose Redis build() fails (refused, silent server) exits with code 0', async () => {
+  const script = `
+    import net from 'node:net'
+    import { RateLimiter } from ${INDEX_MJS}
+    const codes = []
+    try { await RateLimiter.builder('redis://127.0.0.1:1/').build() } catch (error) { codes.push(error.code) }
+    const silent = net.createServer((socket) => socket.on('error', () => {}))
+    await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const url = 'redis://127.0.0.1:' + silent.address().port + '/'
+    try { await RateLimiter.builder({ url, connectTimeoutMs: 200 }).build() } catch (error) { codes.push(error.code) }
+    // Only the server is closed here: the accepted socket keeps the process alive until the
+    // failed build has closed its side of the connection.
+    silent.close()
+    console.log(codes.join(','))`
+  assertCleanExit(await runChild(['--input-type=module', '-e', script]), 'TRYPEMA_REDIS,TRYPEMA_REDIS')
 })

@@ -1,36 +1,22 @@
 // The Redis provider across processes: admission is exact however many processes share a key,
 // and a program that uses the Redis provider exits by itself.
-import { test, before, after } from 'node:test'
+import { test, before } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 
-import { startRedis, redisServerInstalled } from '../scripts/redis-server.mjs'
+import { sharedRedis } from './support.mjs'
 
-const ENV_URL = process.env.TRYPEMA_TEST_REDIS_URL
-const skip = !ENV_URL && !redisServerInstalled() ? 'no TRYPEMA_TEST_REDIS_URL and redis-server is not installed' : false
+const skip = sharedRedis.skip
 
 const HAMMER = fileURLToPath(new URL('./fixtures/hammer.mjs', import.meta.url))
 const INDEX_MJS = JSON.stringify(new URL('../index.mjs', import.meta.url).href)
 const CHILD_TIMEOUT_MS = 20_000
 
-let server = null
-let url
+const url = sharedRedis.url
 
-before(async () => {
-  if (skip) return
-  if (ENV_URL) {
-    url = ENV_URL
-  } else {
-    server = await startRedis()
-    url = server.url
-  }
-})
-
-after(async () => {
-  await server?.stop()
-})
+before(() => sharedRedis.check())
 
 function unique(label) {
   return `${label}${randomBytes(6).toString('hex')}`

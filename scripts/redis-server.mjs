@@ -27,7 +27,9 @@ function answersPing(port) {
     socket.on('connect', () => socket.write('PING\r\n'))
     socket.on('data', (data) => {
       socket.destroy()
-      resolve(data.toString().startsWith('+PONG'))
+      // A server started with --requirepass answers -NOAUTH: it is up all the same.
+      const reply = data.toString()
+      resolve(reply.startsWith('+PONG') || reply.startsWith('-NOAUTH'))
     })
     socket.on('error', () => resolve(false))
     socket.on('timeout', () => {
@@ -38,17 +40,19 @@ function answersPing(port) {
 }
 
 /**
- * Starts redis-server and resolves once it answers PING.
- * @returns {Promise<{ port: number, url: string, stop(): Promise<void>, restart(): Promise<void> }>}
+ * Starts redis-server and resolves once it answers PING. `args` are extra redis-server
+ * arguments, e.g. `['--requirepass', 'secret']` (kept across `restart()`).
+ * @param {{ port?: number, args?: string[] }} [options]
+ * @returns {Promise<{ port: number, url: string, pid: number, stop(): Promise<void>, restart(): Promise<void> }>}
  */
-export async function startRedis({ port } = {}) {
+export async function startRedis({ port, args = [] } = {}) {
   port ??= await freePort()
   let child = null
 
   async function launch() {
     child = spawn(
       'redis-server',
-      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning'],
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning', ...args],
       { stdio: ['ignore', 'ignore', 'inherit'] },
     )
     const exited = new Promise((resolve) => child.once('exit', resolve))
@@ -71,6 +75,10 @@ export async function startRedis({ port } = {}) {
   return {
     port,
     url: `redis://127.0.0.1:${port}/`,
+    /** The current redis-server process id (e.g. to SIGSTOP it). */
+    get pid() {
+      return child.pid
+    },
     stop,
     async restart() {
       await stop()

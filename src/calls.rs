@@ -158,8 +158,11 @@ pub fn init(env: Env, drain: DrainCallback) -> napi::Result<(), &'static str> {
         });
     });
     env.add_env_cleanup_hook((), |()| {
-        let _ = THREAD.try_with(|thread| thread.borrow_mut().take());
-        limiter::release_all();
+        // Runs from N-API's teardown: a panic must not cross into Node.
+        let _ = std::panic::catch_unwind(|| {
+            let _ = THREAD.try_with(|thread| thread.borrow_mut().take());
+            limiter::release_all();
+        });
     })
     .map_err(|error| internal(format!("could not register the cleanup hook: {error}")))?;
     Ok(())

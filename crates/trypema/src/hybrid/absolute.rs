@@ -378,9 +378,28 @@ impl AbsoluteHybridRateLimiter {
         Ok(quota)
     }
 
-    /// Takes back up to `count` recorded units of `key` in Redis, newest first.
+    /// Takes back up to `count` recorded units of `key`: first units this instance admitted
+    /// from its live leases (released from their buckets), then units in Redis, newest first.
     pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
-        self.redis().refund(key, count).await
+        let own = self
+            .state
+            .entries
+            .get(key.as_str())
+            .map(|entry| (entry.capacity.load(Ordering::Acquire), entry.leases.refund_used(self.state.now_ms(), count)));
+        let mut refunded = 0;
+        if let Some((capacity, (used, give_backs))) = own {
+            if used > 0 {
+                let request = LeaseRequest::giving_back(give_backs);
+                let args = self.state.args(capacity, &request);
+                let name = self.state.redis.entity_key(key.as_str(), Tag::Absolute);
+                self.state.redis.eval(&ABSOLUTE, name, args).await?;
+                refunded = used;
+            }
+        }
+        if refunded == count {
+            return Ok(refunded);
+        }
+        Ok(refunded + self.redis().refund(key, count - refunded).await?)
     }
 
     /// Forgets `key`'s state in Redis (for every instance) and this instance's leases for it.

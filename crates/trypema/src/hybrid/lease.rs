@@ -112,6 +112,16 @@ pub(crate) struct LeaseRequest {
     pub(crate) returned: u64,
 }
 
+impl LeaseRequest {
+    /// A request that only gives back (nothing is reserved).
+    pub(crate) fn giving_back(give_backs: [GiveBack; 2]) -> Self {
+        Self {
+            give_backs,
+            ..Self::default()
+        }
+    }
+}
+
 /// Redis's answer to a [`LeaseRequest`].
 pub(crate) struct Grant {
     pub(crate) granted: u64,
@@ -180,6 +190,32 @@ impl Leases {
         let renew = left * 4 < self.newest_grant.load(Ordering::Relaxed)
             && !self.renew_early.swap(true, Ordering::AcqRel);
         Take::Taken { renew }
+    }
+
+    /// Takes back up to `count` units this instance admitted from its live leases: they are
+    /// released from the leases' buckets by the returned give-backs (which the caller sends),
+    /// never more than were used, so every unit the instance can still admit stays reserved.
+    pub(crate) fn refund_used(&self, now_ms: u64, count: u64) -> (u64, [GiveBack; 2]) {
+        let mut book = self.lock();
+        let mut left = count;
+        let mut give_backs = [GiveBack::default(); 2];
+        for (index, entry) in book.iter_mut().enumerate() {
+            let slot = &self.slots[index];
+            if left == 0 || entry.granted == 0 || now_ms >= slot.until.load(Ordering::Acquire) {
+                continue;
+            }
+            let used = (entry.granted - entry.released)
+                .saturating_sub(slot.quota.load(Ordering::Acquire));
+            let back = used.min(left);
+            entry.released += back;
+            left -= back;
+            give_backs[index] = GiveBack {
+                start: entry.start,
+                epoch: entry.epoch,
+                amount: back,
+            };
+        }
+        (count - left, give_backs)
     }
 
     /// Counts `count` as demand without taking anything.

@@ -68,6 +68,8 @@ struct SharedView {
     cached_shedding: f64,
     shedding_until: u64,
     skipped: u32,
+    /// Local clock (ms) when the oldest bucket leaves the window, as of the last sync.
+    reset_at: u64,
 }
 
 impl SharedView {
@@ -87,6 +89,7 @@ impl SharedView {
             cached_shedding: 0.0,
             shedding_until: 0,
             skipped: 0,
+            reset_at: 0,
         }
     }
 
@@ -341,6 +344,7 @@ impl SuppressedState {
                     view.sending_observed = 0;
                     view.sending_declined = 0;
                     view.shedding_until = 0;
+                    view.reset_at = now + script::whole(reset_ms);
                     let hard = limits.hard.max(0.0).floor() as u64;
                     let accepted_after = (view.observed + view.reserved).saturating_sub(view.declined);
                     let grant = Grant {
@@ -540,7 +544,7 @@ impl SuppressedHybridRateLimiter {
                 Quota {
                     limit: limits,
                     remaining: (limits - accepted as f64).max(0.0) as u64,
-                    reset_ms: 0,
+                    reset_ms: view.reset_at.saturating_sub(now),
                 }
             }
             _ => Quota {
@@ -574,13 +578,30 @@ impl SuppressedHybridRateLimiter {
         self.redis().get_suppression_factor(key).await
     }
 
-    /// The key's quota against its soft capacity from Redis; records nothing.
+    /// The key's quota against its soft capacity from Redis, plus this instance's unused
+    /// leases (which Redis counts as taken); records nothing.
     pub async fn get(&self, key: &RedisKey, rate: &RateLimit) -> Result<Quota, TrypemaError> {
-        self.redis().get(key, rate).await
+        let mut quota = self.redis().get(key, rate).await?;
+        if let Some(entry) = self.state.entries.get(key.as_str()) {
+            quota.remaining = (quota.remaining + entry.leases.available(self.state.now_ms()))
+                .min(quota.limit.max(0.0) as u64);
+        }
+        Ok(quota)
     }
 
-    /// Takes back up to `count` admitted units of `key` in Redis, newest first.
+    /// Takes back up to `count` admitted units of `key`, newest first: this instance's counts
+    /// are pushed to Redis first (so its own recent admissions can be refunded), then Redis
+    /// takes the units back.
     pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
+        if let Some(entry) = self.state.entries.get(key.as_str()).map(|entry| entry.clone()) {
+            self.task.ensure_started()?;
+            let (deadline, limit) = super::deadline(&self.state.redis);
+            let register = || entry.wanted.store(true, Ordering::Release);
+            entry
+                .service
+                .wait(&self.state.signal, deadline, limit, register)
+                .await?;
+        }
         self.redis().refund(key, count).await
     }
 

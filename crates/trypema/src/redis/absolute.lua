@@ -17,8 +17,8 @@
 --                  stays counted a full window. Reply: doubles granted, lease_start, epoch,
 --                  retry_after_ms, remaining_after_waiting, capacity, total, reset_ms.
 --   get (4)        doubles 0, 0, 0, capacity, remaining, reset_ms; records nothing
---   refund (5)     take back up to `count` units, newest first. Reply as get, with the amount
---                  refunded first.
+--   refund (5)     take back up to `count` units, newest first, from buckets that have started
+--                  (not hybrid leases). Reply as get, with the amount refunded first.
 --   inc_quota (6)  inc, replying doubles allowed (1/0), retry_after_ms, remaining_after_waiting,
 --                  capacity, remaining, reset_ms.
 local INC, CHECK, LEASE, GET, REFUND, INC_QUOTA = 1, 2, 3, 4, 5, 6
@@ -87,6 +87,11 @@ end
 if mode == REFUND then
   local left = count
   w:newest_first(function(bucket)
+    -- A bucket that starts in the future is a hybrid lease: its units may still be admitted
+    -- by the instance holding it, so only that instance may take them back.
+    if bucket[1] > now then
+      return false, false
+    end
     local taken = math.min(left, bucket[2])
     if taken <= 0 then
       return false, left <= 0

@@ -55,7 +55,11 @@ impl Breaker {
             let probe_state = state.clone();
             let connection = connection.clone();
             let started = crate::runtime::spawn(async move {
-                let answered = bounded(limit, connection.ping()).await.is_ok();
+                // Any reply (even a refusal of PING itself) means Redis answers again.
+                let answered = !matches!(
+                    bounded(limit, connection.ping()).await,
+                    Err(error) if error.is_outage()
+                );
                 if answered {
                     probe_state.open.store(false, Ordering::Release);
                 }

@@ -259,9 +259,14 @@ pub fn classify(error: &RedisError) -> TrypemaError {
     if error.is_timeout() {
         return TrypemaError::RedisTimeout(0);
     }
+    // Inside a script, Redis 7 reports a missing ACL permission as a plain ERR.
+    let denied_in_script = message.contains("can't run this command")
+        || message.contains("No permissions to access")
+        || message.contains("can't access");
     if error.kind() == ErrorKind::AuthenticationFailed
         || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
         || error.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)
+        || denied_in_script
     {
         return TrypemaError::RedisAuth(message);
     }

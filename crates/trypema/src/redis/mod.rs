@@ -190,6 +190,9 @@ impl RedisContext {
     /// the prefix, then the key is deleted as `reset` would.
     pub(crate) async fn verify(&self) -> Result<(), TrypemaError> {
         let probe = RedisKey::new("\u{0}trypema-probe")?;
+        // The circuit breaker probes with PING after an outage; without it recovery would fail.
+        self.guarded(|connection| Box::pin(async move { connection.ping().await }))
+            .await?;
         for (tag, script) in [
             (Tag::Absolute, &*connection::ABSOLUTE),
             (Tag::Suppressed, &*connection::SUPPRESSED),
