@@ -1,92 +1,94 @@
 // Typings of `trypema/express`: Express middleware built on a trypema `RateLimiter`.
+//
+// Self-contained: they do not need `@types/express`. The request and response types below are
+// the parts of Express's that the options' callbacks typically use, so Express's own `Request` /
+// `Response` fit them; callbacks may also declare Express's types (or any richer type) for
+// their parameter, and `rateLimit<MyRequest, MyResponse>(...)` types everything with your own.
 
-import type { Request, Response, NextFunction, RequestHandler } from 'express'
-import type { RateLimiter, RateLimitDecision } from './index'
+import type { RateLimitDecision } from './index'
+import type {
+  RateLimitProvider,
+  RateLimitStrategy,
+  RateLimitInfo,
+  ErrorHandler,
+  RateLimitOptionsFor,
+  MaybePromise,
+  ClientAddressSource,
+} from './adapter-core'
 
-export type { RateLimitDecision }
+export type { RateLimitDecision, RateLimitProvider, RateLimitStrategy, RateLimitInfo, MaybePromise, ClientAddressSource }
 
-/** Where the limit's state lives (see the `trypema` README). */
-export type RateLimitProvider = 'redis' | 'hybrid' | 'local'
-
-/** What happens at the limit: `absolute` rejects, `suppressed` sheds a growing share of traffic. */
-export type RateLimitStrategy = 'absolute' | 'suppressed'
-
-/**
- * What to do when the limiter fails (Redis unreachable: `code === 'TRYPEMA_REDIS'`; a `key`,
- * `rate`, `cost` or `skip` callback that throws or returns something invalid; a timeout):
- * - `'allow'` (default): fail open, the request continues with `next()`;
- * - `'deny'`: answer 503 with `{ "error": "Service Unavailable", "message": ... }`;
- * - a function: called with the error and must answer or call `next` itself. If it throws or
- *   its Promise rejects, that error goes to `next(err)` (Express's error handler). Calls to
- *   `next` after the first are ignored.
- */
-export type RateLimitErrorHandler = (
-  error: unknown,
-  req: Request,
-  res: Response,
-  next: NextFunction,
-) => void | Promise<void>
-
-export interface RateLimitOptions {
-  /** The limiter, from `await RateLimiter.builder(redisUrl).build()`. */
-  limiter: RateLimiter
-  /** `'redis'` and `'hybrid'` need a limiter built with a Redis URL; `'local'` is in-process. */
-  provider: RateLimitProvider
-  strategy: RateLimitStrategy
-  /**
-   * Allowed requests per second, averaged over the limiter's window: a key may make
-   * `floor(window × rate)` requests (times `cost`) per window. A function is called once per
-   * request. As in the core, the first request that creates a key's state fixes its rate until
-   * that state expires.
-   */
-  rate: number | ((req: Request) => number)
-  /**
-   * The rate-limit key of a request; default `defaultKey` (the client IP, IPv6 grouped by /56).
-   * Any string works (numbers are converted): every key goes through `safeKey`, so keys with ':',
-   * empty keys and keys longer than 255 bytes are mapped to valid Redis keys instead of failing.
-   * Anything else (`undefined`, an object, a throw) takes the `onError` path.
-   */
-  key?: (req: Request) => string | number
-  /** Units a request uses: a whole number ≥ 0, default 1. */
-  cost?: number | ((req: Request) => number)
-  /** Requests for which this returns (or resolves to) `true` are not counted nor limited. */
-  skip?: (req: Request) => boolean | Promise<boolean>
-  /** Default `'allow'` (fail open). See `RateLimitErrorHandler`. */
-  onError?: 'allow' | 'deny' | RateLimitErrorHandler
-  /** Status for a request declined by the suppressed strategy: 429 (default) or 503. */
-  suppressedStatus?: 429 | 503
-  /**
-   * Send `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers). Default true.
-   * Both are structured-field lists: when several limiters run on one route, each appends its
-   * own item, so give each a distinct `policyName`.
-   */
-  standardHeaders?: boolean
-  /** Also send `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`. Default false. */
-  legacyHeaders?: boolean
-  /**
-   * The limiter's window in seconds, used for `RateLimit-Policy`'s `w` and the quota. Only
-   * needed when it cannot be read from the limiter: the middleware takes the limiter's own
-   * `windowSizeSeconds` property if it has one, else reads it from its local provider when the
-   * middleware is created (a capacity-0 `inc` on a private key: always rejected, records nothing,
-   * no I/O), else uses this option, else learns it from the first rejection. If given and the
-   * limiter's window is known to differ, `rateLimit` throws a TypeError.
-   */
-  windowSizeSeconds?: number
-  /** Name of this policy in the `RateLimit` / `RateLimit-Policy` headers; default `'default'`. */
-  policyName?: string
-  /**
-   * Give up on a limiter call after this many ms and take the `onError` path (error code
-   * `TRYPEMA_EXPRESS_TIMEOUT`). Default: no extra timeout; Redis calls are already bounded
-   * by the core's own timeout.
-   */
-  timeoutMs?: number
+declare global {
+  // Express's augmentation points (as declared by @types/express): whatever an app or a library
+  // adds to them (e.g. passport's `req.user`) shows up on `RateLimitRequest` too.
+  namespace Express {
+    interface Request {}
+    interface Response {}
+  }
 }
+
+/** The request the options' callbacks see by default: the parts of Express's `Request` they use. */
+export interface RateLimitRequest extends Express.Request {
+  /** The client address (honours `app.set('trust proxy', …)`). */
+  readonly ip: string | undefined
+  readonly ips: readonly string[]
+  readonly socket: { readonly remoteAddress?: string | undefined }
+  readonly method: string
+  readonly url: string
+  readonly originalUrl: string
+  readonly path: string
+  readonly hostname: string
+  readonly protocol: string
+  readonly secure: boolean
+  readonly headers: { readonly [name: string]: string | string[] | undefined }
+  readonly params: any
+  readonly query: any
+  readonly body: any
+  /** A request header (case-insensitive). */
+  get(name: string): string | undefined
+  header(name: string): string | undefined
+}
+
+/** The response an `onError` handler sees by default: the parts of Express's `Response` it uses. */
+export interface RateLimitResponse extends Express.Response {
+  statusCode: number
+  readonly headersSent: boolean
+  status(code: number): this
+  json(body?: any): this
+  send(body?: any): this
+  set(field: string, value?: string | string[]): this
+  setHeader(name: string, value: number | string | readonly string[]): unknown
+  getHeader(name: string): number | string | string[] | undefined
+  end(chunk?: any): unknown
+}
+
+/** What any request type must offer (a custom `key` needs nothing; `defaultKey` reads `ip` / `socket`). */
+export type RequestBase = object
+
+/** What any response type must offer: Node's `ServerResponse` header API. */
+export interface ResponseBase {
+  statusCode: number
+  setHeader(name: string, value: number | string | readonly string[]): unknown
+  getHeader(name: string): unknown
+}
+
+/** `next`: no argument lets the request through, an error goes to the error handler. */
+export type NextFunction = (error?: unknown) => void
+
+/** See `ErrorHandler`: what to do when the limiter (or a callback) fails. */
+export type RateLimitErrorHandler<Req = RateLimitRequest, Res = RateLimitResponse> = ErrorHandler<Req, Res, NextFunction>
+
+/** The options of `rateLimit`; see the README for each. */
+export type RateLimitOptions<Req = RateLimitRequest, Res = RateLimitResponse> = RateLimitOptionsFor<Req, Res, NextFunction>
+
+/** The middleware: fits `app.use` / `app.get(path, …)` of Express 4 and 5, and Connect. */
+export type RateLimitMiddleware<Req = RateLimitRequest, Res = RateLimitResponse> = (req: Req, res: Res, next: NextFunction) => void
 
 /**
  * Creates the middleware. Options are checked now: a bad one throws a `TypeError`, and so does a
  * `'redis'` / `'hybrid'` provider on a limiter built without a Redis URL.
  *
- * Each request makes exactly one limiter call (`inc`), then:
+ * Each request makes exactly one limiter call (`incWithQuota`: one Redis round trip), then:
  *
  * | decision | response |
  * |---|---|
@@ -95,24 +97,17 @@ export interface RateLimitOptions {
  * | `suppressed`, admitted | `next()` with `Trypema-Suppression-Factor: <0..1>` |
  * | `suppressed`, declined | `suppressedStatus` with `{ error, "retryAfterSeconds": 1, suppressionFactor }`, `Retry-After: 1` |
  *
- * Headers (with `standardHeaders`, the default):
- * - every response: `RateLimit-Policy: "<policyName>";q=<quota>;w=<window>` where quota is
- *   `floor(window × rate)` (for `suppressed`, the soft capacity);
- * - limited and suppressed responses: `RateLimit: "<policyName>";r=0;t=<seconds>` with `t` the
- *   Retry-After value (1 for suppressed).
- *
- * `RateLimit` is not sent on plain allowed responses: an `allowed` decision does not carry the
- * remaining quota, and with Redis a second round trip per request (or an in-process estimate
- * that other processes would make wrong) is a worse trade than omitting it. `r` is therefore only
- * reported when it is known exactly (0 once the limit is reached).
+ * Every counted response (with `standardHeaders`, the default) carries
+ * `RateLimit-Policy: "<policyName>";q=<limit>;w=<window>` and
+ * `RateLimit: "<policyName>";r=<remaining>;t=<seconds until quota frees up>`; limited and shed
+ * responses say `r=0;t=<Retry-After>`. `legacyHeaders` adds `X-RateLimit-Limit`, `-Remaining`
+ * and `-Reset` (Unix seconds). Decisions made by the limiter's `onRedisError` policy while Redis
+ * was unreachable add `Trypema-Degraded: 1`. `req.rateLimit` (see `RateLimitInfo`) is set on
+ * every counted request.
  */
-export declare function rateLimit(options: RateLimitOptions): RequestHandler
-
-/** What `defaultKey` reads from a request (an Express `Request` has both). */
-export interface ClientAddressSource {
-  readonly ip?: string | undefined
-  readonly socket?: { readonly remoteAddress?: string | undefined } | undefined
-}
+export declare function rateLimit<Req extends RequestBase = RateLimitRequest, Res extends ResponseBase = RateLimitResponse>(
+  options: RateLimitOptions<Req, Res>,
+): RateLimitMiddleware<Req, Res>
 
 /**
  * The client's address as a key: `req.ip` (honours `app.set('trust proxy', ...)`), else

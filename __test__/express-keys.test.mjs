@@ -5,7 +5,7 @@ import express from 'express'
 
 import { RateLimiter } from '../index.mjs'
 import { rateLimit, defaultKey, safeKey } from '../express.mjs'
-import { serve } from './express-helpers.mjs'
+import { serve, eventually } from './express-helpers.mjs'
 
 describe('defaultKey', () => {
   test('IPv4 addresses are used as they are', () => {
@@ -151,13 +151,30 @@ describe('rateLimit options', () => {
       { ...good, policyName: '' },
       { ...good, policyName: 'naïve' },
       { ...good, timeoutMs: 0 },
+      { ...good, timeoutMs: -1 },
+      { ...good, timeoutMs: 1.5 },
+      { ...good, timeoutMs: 2 ** 31 }, // setTimeout would turn it into 1 ms and fail open
+      { ...good, timeoutMs: 1e12 },
+      { ...good, timeoutMs: Number.POSITIVE_INFINITY },
+      { ...good, rate: 1e308 }, // floor(10 s × rate) = Infinity
+      { ...good, rate: 2 ** 53 }, // × 10 s: more than 2^53 − 1
+      { ...good, skipFailedRequests: 'yes' },
+      { ...good, skipSuccessfulRequests: 1 },
+      { ...good, requestPropertyName: '' },
+      { ...good, requestPropertyName: 42 },
+      { ...good, limiter: { local: { absolute: { inc: () => ({ kind: 'allowed' }) } } } }, // no incWithQuota
       { ...good, rateLimit: 5 }, // unknown option (a typo)
     ]
     for (const options of bad) {
       assert.throws(() => rateLimit(options), TypeError, JSON.stringify(options, (k, v) => (k === 'limiter' ? typeof v : v)))
     }
-    // A matching window is accepted.
+    // A matching window is accepted, and so are the largest timeout and capacity.
     assert.equal(typeof rateLimit({ ...good, windowSizeSeconds: 10 }), 'function')
+    assert.equal(typeof rateLimit({ ...good, timeoutMs: 2 ** 31 - 1 }), 'function')
+    assert.equal(typeof rateLimit({ ...good, rate: 1e14 }), 'function')
+    assert.equal(typeof rateLimit({ ...good, skipFailedRequests: true, requestPropertyName: false }), 'function')
+    assert.throws(() => rateLimit({ ...good, timeoutMs: 2 ** 31 }), { name: 'TypeError', message: /2\^31 − 1/ })
+    assert.throws(() => rateLimit({ ...good, rate: 1e308 }), { name: 'TypeError', message: /more than trypema can count/ })
     await limiter.close()
   })
 
@@ -189,7 +206,9 @@ describe('local provider (no Redis)', () => {
       assert.equal(response.status, 200)
       assert.equal(await response.text(), 'ok')
       assert.equal(response.headers.get('ratelimit-policy'), '"default";q=3;w=5')
+      assert.equal(response.headers.get('ratelimit'), `"default";r=${2 - i};t=5`)
       assert.equal(response.headers.get('x-ratelimit-limit'), '3')
+      assert.equal(response.headers.get('x-ratelimit-remaining'), String(2 - i))
     }
     const response = await fetch(server.url('/'))
     assert.equal(response.status, 429)
@@ -202,8 +221,45 @@ describe('local provider (no Redis)', () => {
     assert.ok(Math.abs(reset - (Date.now() / 1000 + retryAfter)) <= 2, `X-RateLimit-Reset ${reset}`)
   })
 
+  test('skipFailedRequests with the local provider; requestPropertyName', async (t) => {
+    const limiter = await RateLimiter.builder().windowSizeSeconds(5).build()
+    const app = express()
+    app.use(
+      rateLimit({
+        limiter,
+        provider: 'local',
+        strategy: 'suppressed',
+        rate: 0.4,
+        key: () => 'k',
+        skipFailedRequests: true,
+        requestPropertyName: 'quota',
+      }),
+    )
+    app.get('/ok', (req, res) => res.json({ quota: req.quota, rateLimit: req.rateLimit ?? null }))
+    app.get('/fail', (req, res) => res.status(503).send('down'))
+    const server = await serve(app)
+    t.after(async () => {
+      await server.close()
+      await limiter.close()
+    })
+    for (let i = 0; i < 4; i++) {
+      const response = await fetch(server.url('/fail'))
+      assert.equal(response.status, 503)
+      assert.equal(response.headers.get('ratelimit'), '"default";r=1;t=5')
+      await response.text()
+      // Given back once the response has finished.
+      await eventually(() => limiter.local.suppressed.get('k', 0.4).remaining === 2, { message: 'the refund' })
+    }
+    const ok = await fetch(server.url('/ok'))
+    const body = await ok.json()
+    assert.equal(body.rateLimit, null, 'only the configured property is set')
+    assert.equal(body.quota.limit, 2)
+    assert.equal(body.quota.remaining, 1)
+    assert.equal(body.quota.used, 1)
+  })
+
   test('a limiter that never answers is bounded by timeoutMs', async (t) => {
-    const hanging = { windowSizeSeconds: 10, redis: { absolute: { inc: () => new Promise(() => {}) } } }
+    const hanging = { windowSizeSeconds: 10, redis: { absolute: { incWithQuota: () => new Promise(() => {}) } } }
     const errors = []
     const app = express()
     app.get(

@@ -1,5 +1,6 @@
-// trypema/express as a package: the `exports` entry from CommonJS and ESM, the typings under
-// `tsc --strict`, and the `npm start -- --demo` example.
+// trypema/express, trypema/express-rate-limit and trypema/fastify as a package: the `exports`
+// entries from CommonJS and ESM, the typings under `tsc --strict`, and the `npm start -- --demo`
+// example.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
@@ -71,8 +72,57 @@ test("import from 'trypema/express' works from ESM and is the same module as the
   assert.equal(result.stdout.trim(), 'esm ok')
 })
 
+test("trypema/express-rate-limit and trypema/fastify load from CommonJS and ESM as the same modules", async () => {
+  const cjs = `
+    const assert = require('node:assert/strict')
+    const { TrypemaStore } = require('trypema/express-rate-limit')
+    const plugin = require('trypema/fastify')
+    assert.equal(typeof TrypemaStore, 'function')
+    assert.equal(typeof plugin, 'function')
+    assert.equal(plugin.trypemaRateLimit, plugin)
+    assert.deepEqual(Object.keys(require('trypema/express-rate-limit')), ['TrypemaStore'])
+    console.log('cjs ok')
+  `
+  const esm = `
+    import assert from 'node:assert/strict'
+    import { createRequire } from 'node:module'
+    import erl, { TrypemaStore } from 'trypema/express-rate-limit'
+    import plugin, { trypemaRateLimit, defaultKey, safeKey } from 'trypema/fastify'
+    const require = createRequire(process.cwd() + '/')
+    assert.equal(TrypemaStore, require('trypema/express-rate-limit').TrypemaStore)
+    assert.equal(erl, require('trypema/express-rate-limit'))
+    assert.equal(plugin, require('trypema/fastify'))
+    assert.equal(trypemaRateLimit, plugin)
+    assert.equal(defaultKey, require('trypema/express').defaultKey)
+    assert.equal(safeKey, require('trypema/express').safeKey)
+    console.log('esm ok')
+  `
+  const a = await run(process.execPath, ['-e', cjs])
+  assert.equal(a.code, 0, a.stderr)
+  assert.equal(a.stdout.trim(), 'cjs ok')
+  const b = await run(process.execPath, ['--input-type=module', '-e', esm])
+  assert.equal(b.code, 0, b.stderr)
+  assert.equal(b.stdout.trim(), 'esm ok')
+})
+
+test('the adapters typings compile in strict Fastify, express-rate-limit (v7, v8) and ESM consumers', async () => {
+  const result = await run('npx', ['tsc', '-p', '__test__/express-typings/tsconfig.adapters.json', '--strict', '--noEmit'], {
+    timeout: 60_000,
+  })
+  assert.equal(result.code, 0, `tsc failed:\n${result.stdout}\n${result.stderr}`)
+})
+
 test('the typings compile in a strict TypeScript Express consumer', async () => {
   const result = await run('npx', ['tsc', '-p', '__test__/express-typings', '--strict', '--noEmit'], { timeout: 30_000 })
+  assert.equal(result.code, 0, `tsc failed:\n${result.stdout}\n${result.stderr}`)
+})
+
+test('the typings are self-contained: all three adapters compile without Express, Fastify, express-rate-limit or Node types', async () => {
+  const result = await run(
+    'npx',
+    ['tsc', '-p', '__test__/express-typings/tsconfig.standalone.json', '--strict', '--noEmit'],
+    { timeout: 30_000 },
+  )
   assert.equal(result.code, 0, `tsc failed:\n${result.stdout}\n${result.stderr}`)
 })
 

@@ -5,14 +5,13 @@ import express from 'express'
 
 import { RateLimiter } from '../index.mjs'
 import { rateLimit, defaultKey } from '../express.mjs'
-import { startRedis } from '../scripts/redis-server.mjs'
-import { serve, get, freshPrefix } from './express-helpers.mjs'
+import { serve, get, freshPrefix, sharedRedis, eventually, rateLimitItem } from './express-helpers.mjs'
 
 let redis
 const limiters = []
 
 before(async () => {
-  redis = await startRedis()
+  redis = await sharedRedis()
 })
 
 after(async () => {
@@ -51,8 +50,8 @@ describe('redis absolute', () => {
       assert.equal(response.status, 200, `request ${i + 1}`)
       assert.equal(response.text, 'ok')
       assert.equal(response.headers.get('ratelimit-policy'), '"default";q=3;w=10')
-      // An allowed decision carries no remaining count, so RateLimit is only sent once limited.
-      assert.equal(response.headers.get('ratelimit'), null)
+      // Every allowed response says what is left (exactly: one Redis round trip decides and counts).
+      assert.match(response.headers.get('ratelimit'), new RegExp(`^"default";r=${2 - i};t=(9|10)$`))
       assert.equal(response.headers.get('retry-after'), null)
       assert.equal(response.headers.get('x-ratelimit-limit'), null, 'legacy headers are off by default')
     }
@@ -99,11 +98,17 @@ describe('redis absolute', () => {
     const first = await get(server.url('/'))
     assert.equal(first.status, 200)
     assert.equal(first.headers.get('ratelimit-policy'), '"burst";q=5;w=10, "sustained";q=2;w=10')
+    assert.match(first.headers.get('ratelimit'), /^"burst";r=4;t=(9|10), "sustained";r=1;t=(9|10)$/)
     assert.equal(first.headers.get('x-ratelimit-limit'), '5')
-    assert.equal((await get(server.url('/'))).status, 200)
+    assert.equal(first.headers.get('x-ratelimit-remaining'), '4')
+    const reset = Number(first.headers.get('x-ratelimit-reset'))
+    assert.ok(Math.abs(reset - (Date.now() / 1000 + 10)) <= 2, `X-RateLimit-Reset ${reset}`)
+    const second = await get(server.url('/'))
+    assert.equal(second.status, 200)
+    assert.equal(second.headers.get('x-ratelimit-remaining'), '3')
     const third = await get(server.url('/'))
     assert.equal(third.status, 429, 'the stricter "sustained" policy applies')
-    assert.match(third.headers.get('ratelimit'), /^"sustained";r=0;t=\d+$/)
+    assert.match(third.headers.get('ratelimit'), /^"burst";r=2;t=(9|10), "sustained";r=0;t=\d+$/)
   })
 
   test('per-key isolation with a custom key function', async (t) => {
@@ -230,6 +235,127 @@ describe('redis absolute', () => {
   })
 })
 
+describe('quota headers, req.rateLimit and refunds', () => {
+  test('every allowed response carries RateLimit with r counting down exactly (costs included)', async (t) => {
+    const limiter = await redisLimiter({ windowSizeSeconds: 10 })
+    const app = express()
+    app.get(
+      '/',
+      rateLimit({
+        limiter,
+        provider: 'redis',
+        strategy: 'absolute',
+        rate: 1,
+        cost: (req) => Number(req.get('x-cost') ?? 1),
+        legacyHeaders: true,
+      }),
+      (req, res) => res.json(req.rateLimit),
+    )
+    const server = await serve(app)
+    t.after(() => server.close())
+    let left = 10
+    for (const cost of [1, 2, 3, 1, 0]) {
+      left -= cost
+      const started = Date.now()
+      const response = await get(server.url('/'), { 'x-cost': String(cost) })
+      assert.equal(response.status, 200, `cost ${cost}`)
+      assert.equal(response.headers.get('ratelimit-policy'), '"default";q=10;w=10')
+      const item = rateLimitItem(response.headers.get('ratelimit'))
+      assert.equal(item.r, left, `r after cost ${cost}`)
+      assert.ok(item.t === 9 || item.t === 10, `t ${item.t}`)
+      assert.equal(response.headers.get('x-ratelimit-limit'), '10')
+      assert.equal(response.headers.get('x-ratelimit-remaining'), String(left))
+      const reset = Number(response.headers.get('x-ratelimit-reset'))
+      assert.ok(Math.abs(reset - (started / 1000 + 10)) <= 2, `X-RateLimit-Reset ${reset}`)
+      // req.rateLimit, as express-rate-limit sets it.
+      const info = response.json
+      assert.equal(info.limit, 10)
+      assert.equal(info.remaining, left)
+      assert.equal(info.used, 10 - left)
+      assert.equal(info.key, '127.0.0.1')
+      const resetTime = Date.parse(info.resetTime)
+      assert.ok(resetTime > started + 8000 && resetTime <= Date.now() + 10_000, `resetTime ${info.resetTime}`)
+    }
+    // 3 left: a cost of 4 is refused (with today's limited headers), a cost of 3 still fits.
+    const refused = await get(server.url('/'), { 'x-cost': '4' })
+    assert.equal(refused.status, 429)
+    const retryAfter = Number(refused.headers.get('retry-after'))
+    assert.equal(refused.headers.get('ratelimit'), `"default";r=0;t=${retryAfter}`)
+    assert.equal(refused.headers.get('x-ratelimit-remaining'), '0')
+    const last = await get(server.url('/'), { 'x-cost': '3' })
+    assert.equal(last.status, 200)
+    assert.equal(rateLimitItem(last.headers.get('ratelimit')).r, 0)
+    assert.equal((await limiter.redis.absolute.get('127.0.0.1', 1)).remaining, 0)
+  })
+
+  test('skipFailedRequests gives back the cost of 5xx/4xx answers, thrown errors and aborted requests', async (t) => {
+    const limiter = await redisLimiter({ windowSizeSeconds: 10 })
+    const key = 'failing-client'
+    let arrived
+    const app = express()
+    app.use(rateLimit({ limiter, provider: 'redis', strategy: 'absolute', rate: 0.3, key: () => key, skipFailedRequests: true }))
+    app.get('/ok', (req, res) => res.send('ok'))
+    app.get('/500', (req, res) => res.status(500).send('broken'))
+    app.get('/404', (req, res) => res.status(404).send('missing'))
+    app.get('/throws', () => {
+      throw new Error('handler failed')
+    })
+    app.get('/hangs', () => arrived())
+    app.use((error, req, res, next) => res.status(500).send(error.message)) // quiet: no stack on stderr
+    const server = await serve(app)
+    t.after(() => server.close())
+    const remaining = async () => (await limiter.redis.absolute.get(key, 0.3)).remaining
+    const backTo = (n, what) => eventually(async () => (await remaining()) === n, { message: `${what}: remaining back to ${n}` })
+
+    for (const path of ['/500', '/404', '/throws', '/500', '/500']) {
+      const response = await get(server.url(path))
+      assert.ok(response.status >= 400 && response.status !== 429, `${path}: ${response.status}`)
+      // Counted while it ran (the header says so), given back once it failed.
+      assert.equal(rateLimitItem(response.headers.get('ratelimit')).r, 2, path)
+      await backTo(3, path)
+    }
+
+    // A request whose client goes away before the answer: 'close' without 'finish'.
+    const controller = new AbortController()
+    const gotThere = new Promise((resolve) => (arrived = resolve))
+    const aborted = fetch(server.url('/hangs'), { signal: controller.signal }).catch((error) => error)
+    await gotThere
+    assert.equal(await remaining(), 2, 'counted while in progress')
+    controller.abort()
+    assert.equal((await aborted).name, 'AbortError')
+    await backTo(3, 'aborted request')
+
+    // Successes stay counted.
+    for (let i = 0; i < 3; i++) assert.equal((await get(server.url('/ok'))).status, 200)
+    assert.equal((await get(server.url('/ok'))).status, 429)
+    assert.equal(await remaining(), 0)
+  })
+
+  test('skipSuccessfulRequests gives back the cost of answers below 400 only', async (t) => {
+    const limiter = await redisLimiter({ windowSizeSeconds: 10 })
+    const app = express()
+    app.use(rateLimit({ limiter, provider: 'redis', strategy: 'absolute', rate: 0.3, key: () => 'k', skipSuccessfulRequests: true }))
+    app.get('/ok', (req, res) => res.send('ok'))
+    app.get('/redirect', (req, res) => res.redirect(302, '/ok'))
+    app.post('/login', (req, res) => res.status(401).send('wrong password'))
+    const server = await serve(app)
+    t.after(() => server.close())
+    const remaining = async () => (await limiter.redis.absolute.get('k', 0.3)).remaining
+    for (let i = 0; i < 5; i++) {
+      assert.equal((await get(server.url('/ok'))).status, 200)
+      await eventually(async () => (await remaining()) === 3, { message: 'refund of a 200' })
+    }
+    const redirect = await fetch(server.url('/redirect'), { redirect: 'manual' })
+    await redirect.text()
+    assert.equal(redirect.status, 302)
+    await eventually(async () => (await remaining()) === 3, { message: 'refund of a 302' })
+    // Failed logins count: the fourth is limited.
+    const login = () => fetch(server.url('/login'), { method: 'POST' }).then(async (r) => (await r.text(), r.status))
+    assert.deepEqual([await login(), await login(), await login(), await login()], [401, 401, 401, 429])
+    assert.equal(await remaining(), 0)
+  })
+})
+
 describe('hybrid provider', () => {
   test("provider 'hybrid' limits through rl.hybrid", async (t) => {
     const limiter = await redisLimiter()
@@ -239,9 +365,28 @@ describe('hybrid provider', () => {
       const response = await get(server.url('/'))
       statuses.push(response.status)
       assert.equal(response.headers.get('ratelimit-policy'), '"default";q=3;w=10')
+      // Hybrid leases are recorded from the lease's end, so a refusal's Retry-After (= t) may
+      // exceed the window by the lease length (500 ms here); allowed answers are capped at w.
+      const { r, t } = rateLimitItem(response.headers.get('ratelimit'))
+      const limit = response.status === 200 ? 10 : 11
+      assert.ok(r >= 0 && r <= 2 && t >= 1 && t <= limit, `RateLimit ${response.headers.get('ratelimit')}`)
     }
     assert.equal(statuses[0], 200)
     assert.ok(statuses.includes(429), `statuses ${statuses}`)
+  })
+})
+
+describe('hybrid suppressed', () => {
+  test("provider 'hybrid', strategy 'suppressed': r counts down and t stays within the window", async (t) => {
+    const limiter = await redisLimiter()
+    const server = await appWith(t, rateLimit({ limiter, provider: 'hybrid', strategy: 'suppressed', rate: 0.3 }))
+    for (let i = 0; i < 3; i++) {
+      const response = await get(server.url('/'))
+      assert.equal(response.status, 200)
+      const { r, t: seconds } = rateLimitItem(response.headers.get('ratelimit'))
+      assert.equal(r, 2 - i)
+      assert.ok(seconds >= 1 && seconds <= 10, `t ${seconds}`)
+    }
   })
 })
 
@@ -268,6 +413,7 @@ describe('redis suppressed', () => {
         assert.equal(response.status, 200, `${path} request ${i + 1}`)
         assert.equal(response.headers.get('trypema-suppression-factor'), null, 'under the soft limit: plain allowed')
         assert.equal(response.headers.get('ratelimit-policy'), '"default";q=4;w=10')
+        assert.match(response.headers.get('ratelimit'), new RegExp(`^"default";r=${3 - i};t=(9|10)$`))
       }
       // hard limit = soft limit: from now on everything is declined.
       for (let i = 0; i < 3; i++) {

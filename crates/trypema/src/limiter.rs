@@ -42,10 +42,17 @@ impl Settings {
     /// The absolute strategy's capacity: `floor(window × rate)`.
     #[inline]
     pub(crate) fn capacity(&self, rate: &RateLimit) -> u64 {
-        // The relative nudge keeps products like 100 × 0.29 (28.999999999999996 in binary
-        // floating point) at the whole number they stand for. `as` saturates; the cap keeps
-        // every total an exact double in the scripts.
-        ((self.window.get() as f64 * rate.get() * (1.0 + 1e-12)).floor() as u64).min(MAX_SAFE_COUNT)
+        // A product within a relative 1e-12 of a whole number stands for that number (100 × 0.29
+        // is 28.999999999999996 in binary floating point); anything else is rounded down. `as`
+        // saturates; the cap keeps every total an exact double in the scripts.
+        let exact = self.window.get() as f64 * rate.get();
+        let nearest = exact.round();
+        let capacity = if (nearest - exact).abs() <= exact.abs() * 1e-12 {
+            nearest
+        } else {
+            exact.floor()
+        };
+        (capacity as u64).min(MAX_SAFE_COUNT)
     }
 
     pub(crate) fn suppression_limits(&self, rate: &RateLimit) -> SuppressionLimits {

@@ -188,6 +188,16 @@ impl AbsoluteState {
     /// next lease (callers wait, the quota runs low, or the lease in use is about to end).
     pub(crate) async fn sync(&self) {
         let now = self.now_ms();
+        // While Redis is known to be down, nothing is planned (a give-back prepared now would be
+        // lost); callers waiting for Redis get the outage error at once.
+        if let Some(error) = self.redis.outage() {
+            for item in self.entries.iter() {
+                if item.value().leases.take_need() {
+                    item.value().service.finish(Some(error.clone()));
+                }
+            }
+            return;
+        }
         let mut work = Vec::new();
         for item in self.entries.iter() {
             let entry = item.value();

@@ -263,6 +263,12 @@ impl Leases {
         self.need_min.fetch_min(count, Ordering::AcqRel);
     }
 
+    /// Forgets what callers wait for (they are answered another way); whether any waited.
+    pub(crate) fn take_need(&self) -> bool {
+        self.need_min.store(NO_NEED, Ordering::Release);
+        self.need_total.swap(0, Ordering::AcqRel) > 0
+    }
+
     /// Whether a sync round may have something to do for this key (cheap, no lock).
     pub(crate) fn may_need_sync(&self, now_ms: u64, policy: &LeasePolicy) -> bool {
         self.need_total.load(Ordering::Acquire) > 0

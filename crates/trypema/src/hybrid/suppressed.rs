@@ -381,6 +381,18 @@ impl SuppressedState {
     /// one round trip.
     pub(crate) async fn sync(&self) {
         let now = self.now_ms();
+        // While Redis is known to be down, counts stay pending (they are pushed once it is back)
+        // and callers waiting for Redis get the outage error at once.
+        if let Some(error) = self.redis.outage() {
+            for item in self.entries.iter() {
+                let entry = item.value();
+                let waiting = entry.leases.take_need() | entry.wanted.swap(false, Ordering::AcqRel);
+                if waiting {
+                    entry.service.finish(Some(error.clone()));
+                }
+            }
+            return;
+        }
         let mut work = Vec::new();
         for item in self.entries.iter() {
             let entry = item.value();

@@ -232,4 +232,11 @@ impl RedisContext {
     pub(crate) fn is_degraded(&self) -> bool {
         self.breaker.is_open()
     }
+
+    /// The error calls get while the breaker is open (starting a probe when one is due), or
+    /// `None` when Redis may be asked.
+    pub(crate) fn outage(&self) -> Option<TrypemaError> {
+        let connection = self.connection.as_ref()?;
+        self.breaker.check(connection, self.timeout()).err()
+    }
 }
