@@ -61,6 +61,9 @@ try {
     .hardLimitFactor(HARD_LIMIT_FACTOR)
     // Each run gets its own keys, so a shared REDIS_URL does not carry over earlier runs' counts.
     .redisPrefix(`trypema-demo-${process.pid}`)
+    // While Redis is unreachable, decide with in-process limits of the same settings (marked
+    // `Trypema-Degraded: 1` on the responses) instead of failing.
+    .onRedisError('local')
     .build()
 } catch (error) {
   console.error(`Could not create the rate limiter with ${redisUrl}: ${error.message}`)
@@ -79,6 +82,7 @@ const feedProvider = provider === 'local' ? 'local' : 'hybrid'
 
 const ROUTES = [
   { method: 'GET', path: '/', description: 'this list (not limited); in a browser, the live page' },
+  { method: 'GET', path: '/metrics', description: "the limiter's counters, Prometheus text format (not limited)" },
   {
     method: 'GET',
     path: '/api/hello',
@@ -134,6 +138,9 @@ app.get('/', (req, res) => {
   res.json({ provider, windowSeconds: WINDOW_SECONDS, routes: ROUTES })
 })
 app.use(dashboard.router)
+app.get('/metrics', (req, res) => {
+  res.type('text/plain; version=0.0.4').send(limiter.metricsText())
+})
 
 // `onError: dashboard.onError` does what the default `'allow'` does (fail open: the request goes
 // on without limit headers) and records the failure for the page.
@@ -325,12 +332,34 @@ if (demo) {
       `Demo: ${REQUESTS_PER_ROUTE} requests per route, ${CONCURRENCY} at a time, against ${base} ` +
         `(provider ${provider}${redis !== null ? `, private redis-server ${redisUrl}` : ''})`,
     )
+    // Every counted response says how much quota is left: watch it count down.
+    const countdown = []
+    for (let i = 0; i < 5; i++) {
+      const response = await fetch(`${base}/api/hello`)
+      await response.arrayBuffer()
+      countdown.push(`${response.status} ${response.headers.get('ratelimit')}`)
+    }
+    console.log(`First requests to /api/hello (status, RateLimit header):\n  ${countdown.join('\n  ')}\n`)
     const rows = []
     for (const path of ['/api/hello', '/api/search?q=rust', '/api/feed']) {
       rows.push({ path, counts: await burst(path) })
     }
     console.log()
     console.log(table(rows))
+    if (redis !== null) {
+      // An outage: stop the private redis-server; decisions go on, made locally and marked.
+      await redis.stop()
+      const during = []
+      for (let i = 0; i < 3; i++) {
+        const response = await fetch(`${base}/api/hello`)
+        await response.arrayBuffer()
+        during.push(`${response.status} Trypema-Degraded: ${response.headers.get('trypema-degraded') ?? '-'}`)
+      }
+      await redis.restart()
+      console.log(
+        `\nWith redis-server stopped (onRedisError 'local': in-process limits decide), /api/hello answered:\n  ${during.join('\n  ')}`,
+      )
+    }
     console.log(
       `\n/api/hello admits ${HELLO_RATE * WINDOW_SECONDS} per ${WINDOW_SECONDS} s window, then answers 429 with Retry-After.` +
         `\n/api/search admits ${SEARCH_RATE * WINDOW_SECONDS} per window, then sheds a growing share (503),` +

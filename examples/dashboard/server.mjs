@@ -3,8 +3,8 @@
 // the example's own redis-server.
 //
 // Everything here is counted from what the middleware produced for each request: the response
-// status (200 / 429 / 503), the `Trypema-Suppression-Factor` header, and the middleware's
-// `onError` hook. Nothing reads the limiter's internals; the current suppression factor comes from
+// status (200 / 429 / 503), the `Trypema-Suppression-Factor` and `Trypema-Degraded` headers, and
+// the middleware's `onError` hook. Nothing reads the limiter's internals; the current suppression factor comes from
 // the public `getSuppressionFactor(key)`.
 import express from 'express'
 import { existsSync } from 'node:fs'
@@ -17,8 +17,8 @@ const here = dirname(fileURLToPath(import.meta.url))
 const require = createRequire(import.meta.url)
 
 /** Column order of the per-second counts sent to the page. */
-export const OUTCOMES = ['admitted', 'suppressedAdmitted', 'rejected', 'declined', 'errors']
-const [ADMITTED, SUPPRESSED_ADMITTED, REJECTED, DECLINED, ERRORS] = OUTCOMES.map((_, i) => i)
+export const OUTCOMES = ['admitted', 'suppressedAdmitted', 'rejected', 'declined', 'errors', 'degraded']
+const [ADMITTED, SUPPRESSED_ADMITTED, REJECTED, DECLINED, ERRORS, DEGRADED] = OUTCOMES.map((_, i) => i)
 
 const HISTORY_SECONDS = 60
 const BURST_MAX_RPS = 200
@@ -173,6 +173,8 @@ export function createDashboard({ routes, windowSeconds, hardLimitFactor, limite
         const policy = res.getHeader('RateLimit-Policy')
         if (policy !== undefined) lastPolicy.set(routeId, String(policy))
         if (res.locals.trypemaError !== undefined) return count(routeId, ERRORS)
+        // Decided by the limiter's outage policy while Redis was unreachable.
+        if (res.getHeader('Trypema-Degraded') !== undefined) return count(routeId, DEGRADED)
         const status = res.statusCode
         if (status === 200) {
           count(routeId, res.getHeader('Trypema-Suppression-Factor') === undefined ? ADMITTED : SUPPRESSED_ADMITTED)

@@ -10,6 +10,7 @@
     { key: 'rejected', label: 'rejected (429)', stroke: '#c62828' },
     { key: 'declined', label: 'declined (503)', stroke: '#ef6c00' },
     { key: 'errors', label: 'errors (failed open)', stroke: '#7b1fa2', dash: [4, 3] },
+    { key: 'degraded', label: 'degraded (decided locally, Redis down)', stroke: '#8d6e63', dash: [2, 2] },
   ]
 
   /** What tests and curious visitors can read: `window.trypemaDashboard.charts.hello.data`. */
