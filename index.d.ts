@@ -70,6 +70,10 @@ export type TrypemaErrorCode =
   | 'TRYPEMA_UNEXPECTED_SCRIPT_RESULT'
   | 'TRYPEMA_CLOSED'
   | 'TRYPEMA_INTERNAL'
+  /** Thrown by `require('trypema')`: no prebuilt addon for this platform. */
+  | 'TRYPEMA_UNSUPPORTED_PLATFORM'
+  /** Thrown by `require('trypema')`: the platform package is missing or its addon failed to load. */
+  | 'TRYPEMA_NATIVE_LOAD_FAILED'
 
 export interface TrypemaError extends Error {
   code: TrypemaErrorCode

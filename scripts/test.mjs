@@ -41,7 +41,15 @@ try {
   run('rust: redis-smol', 'cargo', ['test', '-p', 'trypema', '--features', 'redis-smol', '--', '--test-threads=2'], env)
   run('rust: both runtime features are refused', 'node', ['scripts/check-features.mjs'])
   run('rust: lints', 'cargo', ['clippy', '--workspace', '--all-targets', '--features', 'trypema/redis-tokio', '--', '-D', 'warnings'])
+  run('rust: docs', 'cargo', ['doc', '-p', 'trypema', '--features', 'redis-tokio', '--no-deps'], { RUSTDOCFLAGS: '-D warnings' })
+  run('rust: crate package', 'cargo', ['package', '-p', 'trypema', '--allow-dirty', '--no-verify', '--quiet'])
   run('node tests', 'node', ['--test', '--test-concurrency=1', ...nodeTests], env)
+  run('packaging: workflows lint', 'node', ['scripts/lint-workflows.mjs'])
+  run('packaging: platform message', 'node', ['scripts/platform-message-test.mjs'])
+  run('packaging: npm run package', 'node', ['scripts/package.mjs'])
+  run('packaging: glibc floor', 'node', ['scripts/check-glibc.mjs', '--max', '2.17'])
+  run('packaging: install without a toolchain', 'node', ['scripts/install-test.mjs'])
+  run('packaging: Node 22 and 24', 'node', ['scripts/node-versions-test.mjs'])
 } catch (error) {
   console.error(`\n${error.message}`)
   process.exitCode = 1

@@ -63,7 +63,8 @@ impl Settings {
 /// The entry point: owns the providers and the background cleanup of idle keys.
 ///
 /// Dropping it stops its cleanup and (for the hybrid provider) its Redis sync, and gives back
-/// unused hybrid leases on a best-effort basis; [`RateLimiter::close`] does the same and waits.
+/// unused hybrid leases on a best-effort basis; `RateLimiter::close` (with a Redis feature)
+/// does the same and waits.
 pub struct RateLimiter {
     local: LocalProvider,
     #[cfg(trypema_redis)]
