@@ -38,6 +38,12 @@ export interface ConnectionOptions {
   cluster?: Array<string>
   sentinelUrls?: Array<string>
   sentinelMasterName?: string
+  /**
+   * Credentials of the master (the sentinel URLs' own are for the Sentinels); when absent,
+   * the URLs' credentials are used for both.
+   */
+  sentinelUsername?: string
+  sentinelPassword?: string
   /** PEM: a CA to trust instead of the system's, and a client certificate and key (mutual TLS). */
   tlsCa?: string
   tlsCert?: string

@@ -176,7 +176,15 @@ export type ConnectionOptions = ConnectionCommon &
   (
     | { /** `redis://` or `rediss://` (TLS); `user:password@` for ACL users. */ url: string; cluster?: never; sentinel?: never }
     | { /** Seed node URLs of a Redis Cluster. */ cluster: string[]; url?: never; sentinel?: never }
-    | { /** Sentinel URLs and the master's name. */ sentinel: { urls: string[]; masterName: string }; url?: never; cluster?: never }
+    | {
+        /**
+         * Sentinel URLs (their credentials are the Sentinels') and the master's name; the
+         * master's own credentials when they differ from the Sentinels'.
+         */
+        sentinel: { urls: string[]; masterName: string; username?: string; password?: string }
+        url?: never
+        cluster?: never
+      }
   )
 
 export interface DecisionMetrics {

@@ -600,6 +600,14 @@ class RateLimiter {
 
 const CONNECTION_KEYS = new Set(['url', 'cluster', 'sentinel', 'tls', 'connectTimeoutMs', 'commandTimeoutMs', 'onRedisError'])
 const POLICIES = new Set(['reject', 'allow', 'local'])
+const SENTINEL_KEYS = new Set(['urls', 'masterName', 'username', 'password'])
+const TLS_KEYS = new Set(['ca', 'cert', 'key'])
+
+function onlyKeys(object, allowed, what) {
+  for (const name of Object.keys(object)) {
+    if (!allowed.has(name)) throw new TypeError(`unknown ${what} option ${JSON.stringify(name)}`)
+  }
+}
 
 function pem(value, name) {
   if (value === undefined) return undefined
@@ -622,9 +630,7 @@ function connectionOptions(connection, options) {
   if (connection === null || typeof connection !== 'object' || Array.isArray(connection)) {
     throw new TypeError(`RateLimiter.builder takes nothing, a Redis URL or an options object, got ${describe(connection)}`)
   }
-  for (const name of Object.keys(connection)) {
-    if (!CONNECTION_KEYS.has(name)) throw new TypeError(`unknown connection option ${JSON.stringify(name)}`)
-  }
+  onlyKeys(connection, CONNECTION_KEYS, 'connection')
   const targets = ['url', 'cluster', 'sentinel'].filter((name) => connection[name] !== undefined)
   if (targets.length !== 1) {
     throw new TypeError(`give exactly one of url, cluster and sentinel, got ${targets.length === 0 ? 'none' : targets.join(' and ')}`)
@@ -638,13 +644,21 @@ function connectionOptions(connection, options) {
   if (connection.sentinel !== undefined) {
     const sentinel = connection.sentinel
     if (sentinel === null || typeof sentinel !== 'object') throw new TypeError('sentinel must be { urls, masterName }')
+    onlyKeys(sentinel, SENTINEL_KEYS, 'sentinel')
     out.sentinelUrls = stringList(sentinel.urls, 'sentinel.urls')
     expect('string', 'sentinel.masterName', sentinel.masterName)
     out.sentinelMasterName = sentinel.masterName
+    for (const [name, field] of [['username', 'sentinelUsername'], ['password', 'sentinelPassword']]) {
+      if (sentinel[name] !== undefined) {
+        expect('string', `sentinel.${name}`, sentinel[name])
+        out[field] = sentinel[name]
+      }
+    }
   }
   if (connection.tls !== undefined) {
     const tls = connection.tls
     if (tls === null || typeof tls !== 'object') throw new TypeError('tls must be { ca?, cert?, key? }')
+    onlyKeys(tls, TLS_KEYS, 'tls')
     out.tlsCa = pem(tls.ca, 'ca')
     out.tlsCert = pem(tls.cert, 'cert')
     out.tlsKey = pem(tls.key, 'key')

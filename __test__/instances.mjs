@@ -64,7 +64,13 @@ function launch(config) {
  */
 export async function startInstances(configs, { delayMs = 300 } = {}) {
   const instances = configs.map(launch)
-  await Promise.all(instances.map((instance) => instance.ready()))
+  try {
+    await Promise.all(instances.map((instance) => instance.ready()))
+  } catch (error) {
+    // One failed to start: the others would wait for "start" forever (and keep the test alive).
+    await Promise.all(instances.map((instance) => instance.kill()))
+    throw error
+  }
   const at = Date.now() + delayMs
   for (const instance of instances) instance.start(at)
   return instances
@@ -73,7 +79,12 @@ export async function startInstances(configs, { delayMs = 300 } = {}) {
 /** Runs `configs` to completion; resolves to their reports. */
 export async function runInstances(configs, options) {
   const instances = await startInstances(configs, options)
-  return Promise.all(instances.map((instance) => instance.result()))
+  try {
+    return await Promise.all(instances.map((instance) => instance.result()))
+  } catch (error) {
+    await Promise.all(instances.map((instance) => instance.kill()))
+    throw error
+  }
 }
 
 /** The most admissions inside any interval [t, t + spanMs) of the sorted times, and where. */

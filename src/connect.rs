@@ -19,6 +19,10 @@ pub struct ConnectionOptions {
     pub cluster: Option<Vec<String>>,
     pub sentinel_urls: Option<Vec<String>>,
     pub sentinel_master_name: Option<String>,
+    /// Credentials of the master (the sentinel URLs' own are for the Sentinels); when absent,
+    /// the URLs' credentials are used for both.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
     /// PEM: a CA to trust instead of the system's, and a client certificate and key (mutual TLS).
     pub tls_ca: Option<String>,
     pub tls_cert: Option<String>,
@@ -152,16 +156,24 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Connected, Tr
                     SentinelServerType::Master,
                 )
                 .map_err(invalid)?;
-                // The same credentials for the Sentinels and the master (the common set-up).
+                // The URLs' credentials are the Sentinels'; the master's are its own when given,
+                // else the same (a common set-up).
                 if let Some(username) = redis_info.username() {
-                    builder = builder
-                        .set_client_to_redis_username(username)
-                        .set_client_to_sentinel_username(username);
+                    builder = builder.set_client_to_sentinel_username(username);
                 }
                 if let Some(password) = redis_info.password() {
-                    builder = builder
-                        .set_client_to_redis_password(password)
-                        .set_client_to_sentinel_password(password);
+                    builder = builder.set_client_to_sentinel_password(password);
+                }
+                let master_username = options
+                    .sentinel_username
+                    .as_deref()
+                    .or(redis_info.username().filter(|_| options.sentinel_password.is_none()));
+                let master_password = options.sentinel_password.as_deref().or(redis_info.password());
+                if let Some(username) = master_username {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if let Some(password) = master_password {
+                    builder = builder.set_client_to_redis_password(password);
                 }
                 if let Some(certificates) = certificates {
                     builder = builder.set_client_to_redis_certificates(certificates);

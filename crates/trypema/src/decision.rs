@@ -44,6 +44,17 @@ pub struct Quota {
     pub reset_ms: u64,
 }
 
+impl Quota {
+    /// All of `limit` left, nothing recorded.
+    pub(crate) fn full(limit: f64) -> Self {
+        Self {
+            limit,
+            remaining: limit.max(0.0) as u64,
+            reset_ms: 0,
+        }
+    }
+}
+
 /// The outcome of `inc_with_quota`: the decision `inc` would return, with the quota after it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuotaDecision {

@@ -267,26 +267,42 @@ impl AbsoluteHybridRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
+        Ok(self.decide(key, rate, count).await?.0)
+    }
+
+    /// The decision, and the quota the outage policy decided with when it did (`None`: the
+    /// decision is the shared state's).
+    async fn decide(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Option<Quota>), TrypemaError> {
         if let Some(decision) = self.try_inc_locally(key.as_str(), count) {
-            return Ok(decision);
+            return Ok((decision, None));
         }
         match self.inc_remotely(key, rate, count).await {
-            Ok(decision) => Ok(self.count(decision, false)),
-            Err(error) => self
-                .state
-                .redis
-                .on_outage(
-                    error,
-                    Provider::Hybrid,
-                    Strategy::Absolute,
-                    || RateLimitDecision::Allowed,
-                    |local, factor| {
-                        local
-                            .absolute()
-                            .inc(key.as_str(), &rate.scaled(factor), count)
-                    },
-                )
-                .map(|decision| self.count(decision, true)),
+            Ok(decision) => Ok((self.count(decision, false), None)),
+            Err(error) => {
+                let capacity = self.state.redis.settings().capacity(rate);
+                self.state
+                    .redis
+                    .on_outage(
+                        error,
+                        Provider::Hybrid,
+                        Strategy::Absolute,
+                        || (RateLimitDecision::Allowed, Quota::full(capacity as f64)),
+                        |local, factor| {
+                            let outcome = local.absolute().inc_with_quota(
+                                key.as_str(),
+                                &rate.scaled(factor),
+                                count,
+                            );
+                            (outcome.decision, outcome.quota)
+                        },
+                    )
+                    .map(|(decision, quota)| (self.count(decision, true), Some(quota)))
+            }
         }
     }
 
@@ -331,31 +347,30 @@ impl AbsoluteHybridRateLimiter {
 
     /// Like [`Self::inc`], and also returns the key's quota as this instance knows it: Redis's
     /// window at the last sync plus this instance's unused leases (other instances' unused
-    /// leases count as used).
+    /// leases count as used). Under the outage policy, the quota the policy decided with.
     pub async fn inc_with_quota(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<QuotaDecision, TrypemaError> {
-        let decision = self.inc(key, rate, count).await?;
+        let (decision, policy_quota) = self.decide(key, rate, count).await?;
+        if let Some(quota) = policy_quota {
+            return Ok(QuotaDecision {
+                decision,
+                quota,
+                degraded: true,
+            });
+        }
         let now = self.state.now_ms();
-        let degraded = self.state.redis.is_degraded();
         let quota = match self.state.entries.get(key.as_str()) {
-            Some(entry) if !degraded => entry.quota(now),
-            _ => {
-                let capacity = self.state.redis.settings().capacity(rate);
-                Quota {
-                    limit: capacity as f64,
-                    remaining: capacity,
-                    reset_ms: 0,
-                }
-            }
+            Some(entry) => entry.quota(now),
+            None => Quota::full(self.state.redis.settings().capacity(rate) as f64),
         };
         Ok(QuotaDecision {
             decision,
             quota,
-            degraded,
+            degraded: false,
         })
     }
 

@@ -458,26 +458,41 @@ impl SuppressedHybridRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
+        Ok(self.decide(key, rate, count).await?.0)
+    }
+
+    /// The decision, and the quota the outage policy decided with when it did.
+    async fn decide(
+        &self,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<(RateLimitDecision, Option<Quota>), TrypemaError> {
         if let Some(decision) = self.try_inc_locally(key.as_str(), count) {
-            return Ok(decision);
+            return Ok((decision, None));
         }
         match self.inc_remotely(key, rate, count).await {
-            Ok(decision) => Ok(self.count(decision, false)),
-            Err(error) => self
-                .state
-                .redis
-                .on_outage(
-                    error,
-                    Provider::Hybrid,
-                    Strategy::Suppressed,
-                    || RateLimitDecision::Allowed,
-                    |local, factor| {
-                        local
-                            .suppressed()
-                            .inc(key.as_str(), &rate.scaled(factor), count)
-                    },
-                )
-                .map(|decision| self.count(decision, true)),
+            Ok(decision) => Ok((self.count(decision, false), None)),
+            Err(error) => {
+                let soft = self.state.redis.settings().suppression_limits(rate).soft;
+                self.state
+                    .redis
+                    .on_outage(
+                        error,
+                        Provider::Hybrid,
+                        Strategy::Suppressed,
+                        || (RateLimitDecision::Allowed, Quota::full(soft)),
+                        |local, factor| {
+                            let outcome = local.suppressed().inc_with_quota(
+                                key.as_str(),
+                                &rate.scaled(factor),
+                                count,
+                            );
+                            (outcome.decision, outcome.quota)
+                        },
+                    )
+                    .map(|(decision, quota)| (self.count(decision, true), Some(quota)))
+            }
         }
     }
 
@@ -537,38 +552,40 @@ impl SuppressedHybridRateLimiter {
     }
 
     /// Like [`Self::inc`], and also returns the key's quota against its soft capacity, as this
-    /// instance sees it.
+    /// instance sees it (under the outage policy, the quota the policy decided with).
     pub async fn inc_with_quota(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
     ) -> Result<QuotaDecision, TrypemaError> {
-        let decision = self.inc(key, rate, count).await?;
+        let (decision, policy_quota) = self.decide(key, rate, count).await?;
+        if let Some(quota) = policy_quota {
+            return Ok(QuotaDecision {
+                decision,
+                quota,
+                degraded: true,
+            });
+        }
         let now = self.state.now_ms();
-        let degraded = self.state.redis.is_degraded();
         let soft = self.state.redis.settings().suppression_limits(rate).soft;
         let quota = match self.state.entries.get(key.as_str()) {
-            Some(entry) if !degraded => {
+            Some(entry) => {
                 let view = entry.lock();
-                let limits = view.limits.map_or(soft, |limits| limits.soft);
+                let limit = view.limits.map_or(soft, |limits| limits.soft);
                 let accepted = view.accepted(entry.leases.available(now));
                 Quota {
-                    limit: limits,
-                    remaining: (limits - accepted as f64).max(0.0) as u64,
+                    limit,
+                    remaining: (limit - accepted as f64).max(0.0) as u64,
                     reset_ms: view.reset_at.saturating_sub(now),
                 }
             }
-            _ => Quota {
-                limit: soft,
-                remaining: soft as u64,
-                reset_ms: 0,
-            },
+            None => Quota::full(soft),
         };
         Ok(QuotaDecision {
             decision,
             quota,
-            degraded,
+            degraded: false,
         })
     }
 

@@ -16,7 +16,7 @@ use crate::TrypemaError;
 /// How often an open breaker lets a probe through.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Breaker {
     state: Arc<State>,
 }
@@ -43,7 +43,13 @@ impl Breaker {
     }
 
     /// `Err` while open (and starts a probe when one is due), `Ok` when calls may go to Redis.
-    pub(crate) fn check(&self, connection: &Connection, limit: Duration) -> Result<(), TrypemaError> {
+    /// The probe is a PING, or on a cluster an `EXISTS probe_key` on the node of that key.
+    pub(crate) fn check(
+        &self,
+        connection: &Connection,
+        limit: Duration,
+        probe_key: Option<&str>,
+    ) -> Result<(), TrypemaError> {
         let state = &self.state;
         if !state.open.load(Ordering::Acquire) {
             return Ok(());
@@ -54,10 +60,11 @@ impl Breaker {
         {
             let probe_state = state.clone();
             let connection = connection.clone();
+            let probe_key = probe_key.map(str::to_owned);
             let started = crate::runtime::spawn(async move {
-                // Any reply (even a refusal of PING itself) means Redis answers again.
+                // Any reply (even a refusal of the probe itself) means Redis answers again.
                 let answered = !matches!(
-                    bounded(limit, connection.ping()).await,
+                    bounded(limit, connection.probe(probe_key.as_deref())).await,
                     Err(error) if error.is_outage()
                 );
                 if answered {

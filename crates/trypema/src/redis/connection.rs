@@ -71,6 +71,22 @@ impl Connection {
         }
     }
 
+    /// One round trip that proves the node holding `key` answers (any node without a key).
+    pub(crate) async fn probe(&self, key: Option<&str>) -> Result<(), TrypemaError> {
+        match key {
+            Some(key) => self
+                .query(redis::cmd("EXISTS").arg(key))
+                .await
+                .map(drop)
+                .map_err(|error| classify(&error)),
+            None => self.ping().await,
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// One round trip that proves Redis answers.
     pub(crate) async fn ping(&self) -> Result<(), TrypemaError> {
         self.query(&redis::cmd("PING"))
@@ -115,13 +131,6 @@ impl Connection {
         script: &LuaScript,
         calls: &[(String, Vec<u8>)],
     ) -> Result<Vec<Result<Value, TrypemaError>>, TrypemaError> {
-        if let Self::Cluster(_) = self {
-            // A cluster pipeline must stay within one slot: send the calls concurrently
-            // instead, each routed to its node; the multiplexed node connections write them
-            // together, so a round is still one round trip per node.
-            let calls = calls.iter().map(|(key, args)| self.eval(script, key, args));
-            return Ok(futures_util::future::join_all(calls).await);
-        }
         let pipeline = |command: &str, script: &str, indices: &mut dyn Iterator<Item = usize>| {
             let mut pipeline = redis::pipe();
             pipeline.ignore_errors();
@@ -262,7 +271,10 @@ pub fn classify(error: &RedisError) -> TrypemaError {
     // Inside a script, Redis 7 reports a missing ACL permission as a plain ERR.
     let denied_in_script = message.contains("can't run this command")
         || message.contains("No permissions to access")
-        || message.contains("can't access");
+        || message.contains("can't access")
+        // A cluster client wraps the failed handshake of its first connections in an I/O error.
+        || message.contains("AuthenticationFailed")
+        || message.contains("WRONGPASS");
     if error.kind() == ErrorKind::AuthenticationFailed
         || matches!(code, "NOAUTH" | "WRONGPASS" | "NOPERM")
         || error.kind() == ErrorKind::Server(ServerErrorKind::NoPerm)

@@ -76,6 +76,9 @@ pub(crate) struct RedisContext {
     prefix: RedisKey,
     pub(crate) settings: Settings,
     breaker: Breaker,
+    /// On a cluster, one breaker per slot: a master that is down must not fail the keys of the
+    /// others.
+    slot_breakers: std::sync::Mutex<std::collections::HashMap<redis::cluster_routing::Slot, Breaker>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Decides under `OnRedisError::Local`, with the rate scaled by `local_rate_factor`.
     fallback: LocalProvider,
@@ -94,6 +97,7 @@ impl RedisContext {
             prefix,
             settings,
             breaker: Breaker::default(),
+            slot_breakers: Default::default(),
             metrics,
             fallback,
         })
@@ -132,24 +136,40 @@ impl RedisContext {
         Duration::from_millis(self.settings.command_timeout_ms)
     }
 
-    /// Runs one Redis operation through the circuit breaker, bounded by the command timeout,
-    /// and counts it.
+    /// The breaker guarding calls on `key`: per slot on a cluster, else the connection's.
+    fn breaker_for(&self, connection: &Connection, key: Option<&str>) -> Breaker {
+        match key {
+            Some(key) if connection.is_cluster() => self
+                .slot_breakers
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .entry(redis::cluster_routing::Slot::for_key(key))
+                .or_default()
+                .clone(),
+            _ => self.breaker.clone(),
+        }
+    }
+
+    /// Runs one Redis operation (on `key`, if it concerns one) through the circuit breaker,
+    /// bounded by the command timeout, and counts it.
     async fn guarded<T>(
         &self,
+        key: Option<&str>,
         operation: impl FnOnce(Connection) -> futures_util::future::BoxFuture<'static, Result<T, TrypemaError>>,
     ) -> Result<T, TrypemaError> {
         let connection = self.connection()?;
-        self.breaker.check(connection, self.timeout())?;
+        let breaker = self.breaker_for(connection, key);
+        breaker.check(connection, self.timeout(), key.filter(|_| connection.is_cluster()))?;
         let started = Instant::now();
         let result = bounded(self.timeout(), operation(connection.clone())).await;
         self.metrics.round_trip(started.elapsed(), result.is_ok());
         match &result {
             Err(error) if error.is_outage() => {
-                if self.breaker.trip(error) {
+                if breaker.trip(error) {
                     self.metrics.breaker_opened();
                 }
             }
-            _ => self.breaker.close(),
+            _ => breaker.close(),
         }
         result
     }
@@ -161,7 +181,7 @@ impl RedisContext {
         key: String,
         args: Vec<u8>,
     ) -> Result<Value, TrypemaError> {
-        self.guarded(move |connection| {
+        self.guarded(Some(&key.clone()), move |connection| {
             Box::pin(async move { connection.eval(script, &key, &args).await })
         })
         .await
@@ -173,7 +193,17 @@ impl RedisContext {
         script: &'static LuaScript,
         calls: Vec<(String, Vec<u8>)>,
     ) -> Result<Vec<Result<Value, TrypemaError>>, TrypemaError> {
-        self.guarded(move |connection| {
+        if self.connection()?.is_cluster() {
+            // A cluster pipeline must stay within one slot: send the calls concurrently
+            // instead, each routed to its node (and guarded by its slot's breaker); the
+            // multiplexed node connections write them together, so a round is still one round
+            // trip per node.
+            let calls = calls
+                .into_iter()
+                .map(|(key, args)| self.eval(script, key, args));
+            return Ok(futures_util::future::join_all(calls).await);
+        }
+        self.guarded(None, move |connection| {
             Box::pin(async move { connection.eval_batch(script, &calls).await })
         })
         .await
@@ -181,8 +211,10 @@ impl RedisContext {
 
     /// Forgets one entity's state.
     pub(crate) async fn delete(&self, key: String) -> Result<(), TrypemaError> {
-        self.guarded(move |connection| Box::pin(async move { connection.delete(&key).await }))
-            .await
+        self.guarded(Some(&key.clone()), move |connection| {
+            Box::pin(async move { connection.delete(&key).await })
+        })
+        .await
     }
 
     /// Checks that Redis answers, that the credentials work and that the user may run every
@@ -191,7 +223,7 @@ impl RedisContext {
     pub(crate) async fn verify(&self) -> Result<(), TrypemaError> {
         let probe = RedisKey::new("\u{0}trypema-probe")?;
         // The circuit breaker probes with PING after an outage; without it recovery would fail.
-        self.guarded(|connection| Box::pin(async move { connection.ping().await }))
+        self.guarded(None, |connection| Box::pin(async move { connection.ping().await }))
             .await?;
         for (tag, script) in [
             (Tag::Absolute, &*connection::ABSOLUTE),
@@ -237,6 +269,6 @@ impl RedisContext {
     /// `None` when Redis may be asked.
     pub(crate) fn outage(&self) -> Option<TrypemaError> {
         let connection = self.connection.as_ref()?;
-        self.breaker.check(connection, self.timeout()).err()
+        self.breaker.check(connection, self.timeout(), None).err()
     }
 }
