@@ -24,8 +24,7 @@ use napi::{
 };
 use napi_derive::napi;
 use trypema::{
-    redis::RedisKey, Quota, QuotaDecision, RateLimit, RateLimitDecision, RateLimiter,
-    TrypemaError,
+    redis::RedisKey, Quota, QuotaDecision, RateLimit, RateLimitDecision, RateLimiter, TrypemaError,
 };
 
 use crate::{
@@ -138,7 +137,9 @@ fn with_thread<T>(
 ) -> napi::Result<T, &'static str> {
     THREAD.with(|thread| match thread.borrow_mut().as_mut() {
         Some(thread) => work(thread),
-        None => Err(internal("trypema's binding was not initialised on this thread")),
+        None => Err(internal(
+            "trypema's binding was not initialised on this thread",
+        )),
     })
 }
 
@@ -263,9 +264,8 @@ pub fn close_enqueue(handle: u32, id: f64) -> napi::Result<(), &'static str> {
 /// Sends every queued call to the runtime in one hand-off.
 #[napi(catch_unwind)]
 pub fn redis_flush() -> napi::Result<(), &'static str> {
-    let (jobs, outbox) = with_thread(|thread| {
-        Ok((std::mem::take(&mut thread.queued), thread.outbox.clone()))
-    })?;
+    let (jobs, outbox) =
+        with_thread(|thread| Ok((std::mem::take(&mut thread.queued), thread.outbox.clone())))?;
     if jobs.is_empty() {
         return Ok(());
     }
@@ -290,7 +290,9 @@ pub fn redis_flush() -> napi::Result<(), &'static str> {
                     let outcome = futures_util::FutureExt::catch_unwind(outcome)
                         .await
                         .unwrap_or_else(|_| {
-                            Err(TrypemaError::Internal("trypema panicked; this is a bug".into()))
+                            Err(TrypemaError::Internal(
+                                "trypema panicked; this is a bug".into(),
+                            ))
                         });
                     outbox.push(job.id, outcome);
                 }
@@ -454,7 +456,9 @@ pub fn redis_build(
         let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome))
             .await
             .unwrap_or_else(|_| {
-                Err(TrypemaError::Internal("trypema panicked; this is a bug".into()))
+                Err(TrypemaError::Internal(
+                    "trypema panicked; this is a bug".into(),
+                ))
             });
         outbox.push(id, outcome);
     })

@@ -39,7 +39,12 @@ const DEFAULT_COMMAND_TIMEOUT_MS: f64 = 2000.0;
 pub(crate) enum Connected {
     Single(redis::aio::ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
-    Sentinel(redis::sentinel::SentinelClient, redis::AsyncConnectionConfig),
+    Sentinel(
+        Box<(
+            redis::sentinel::SentinelClient,
+            redis::AsyncConnectionConfig,
+        )>,
+    ),
 }
 
 impl Connected {
@@ -47,7 +52,10 @@ impl Connected {
         match self {
             Self::Single(manager) => RateLimiter::builder(manager),
             Self::Cluster(cluster) => RateLimiter::cluster_builder(cluster),
-            Self::Sentinel(client, config) => RateLimiter::sentinel_builder(client, config),
+            Self::Sentinel(sentinel) => {
+                let (client, config) = *sentinel;
+                RateLimiter::sentinel_builder(client, config)
+            }
         }
     }
 }
@@ -77,10 +85,12 @@ fn certificates(options: &ConnectionOptions) -> Result<Option<TlsCertificates>, 
         }
     };
     let root_cert = options.tls_ca.as_ref().map(|ca| ca.as_bytes().to_vec());
-    Ok((client_tls.is_some() || root_cert.is_some()).then_some(TlsCertificates {
-        client_tls,
-        root_cert,
-    }))
+    Ok(
+        (client_tls.is_some() || root_cert.is_some()).then_some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
 }
 
 /// While connecting, no call can have been counted: a timeout is a connection failure.
@@ -110,9 +120,7 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Connected, Tr
         match (&options.url, &options.cluster, &options.sentinel_urls) {
             (Some(url), None, None) => {
                 let client = match certificates {
-                    Some(certificates) => {
-                        redis::Client::build_with_tls(url.as_str(), certificates)
-                    }
+                    Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
                     None => redis::Client::open(url.as_str()),
                 }
                 .map_err(invalid)?;
@@ -139,9 +147,10 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Connected, Tr
                 Ok(Connected::Cluster(cluster))
             }
             (None, None, Some(urls)) => {
-                let master = options.sentinel_master_name.clone().ok_or_else(|| {
-                    TrypemaError::Redis("sentinel.masterName is required".into())
-                })?;
+                let master = options
+                    .sentinel_master_name
+                    .clone()
+                    .ok_or_else(|| TrypemaError::Redis("sentinel.masterName is required".into()))?;
                 let infos = urls
                     .iter()
                     .map(|url| url.as_str().into_connection_info().map_err(invalid))
@@ -164,11 +173,13 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Connected, Tr
                 if let Some(password) = redis_info.password() {
                     builder = builder.set_client_to_sentinel_password(password);
                 }
-                let master_username = options
-                    .sentinel_username
+                let master_username = options.sentinel_username.as_deref().or(redis_info
+                    .username()
+                    .filter(|_| options.sentinel_password.is_none()));
+                let master_password = options
+                    .sentinel_password
                     .as_deref()
-                    .or(redis_info.username().filter(|_| options.sentinel_password.is_none()));
-                let master_password = options.sentinel_password.as_deref().or(redis_info.password());
+                    .or(redis_info.password());
                 if let Some(username) = master_username {
                     builder = builder.set_client_to_redis_username(username);
                 }
@@ -182,7 +193,7 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Connected, Tr
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(Some(command_timeout));
-                Ok(Connected::Sentinel(client, config))
+                Ok(Connected::Sentinel(Box::new((client, config))))
             }
             _ => Err(TrypemaError::Redis(
                 "give exactly one of url, cluster and sentinel".into(),

@@ -96,7 +96,9 @@ impl KeyArg {
     /// The key for the Redis-backed providers, checked but not copied.
     pub(crate) fn redis_text(&self) -> napi::Result<&str, &'static str> {
         match self.text() {
-            Ok(key) => trypema::RedisKey::check(key).map(|()| key).map_err(js_error),
+            Ok(key) => trypema::RedisKey::check(key)
+                .map(|()| key)
+                .map_err(js_error),
             Err(len) => Err(js_error(trypema::RedisKey::too_long(len))),
         }
     }
@@ -153,7 +155,8 @@ impl FromNapiValue for KeyArg {
         // A lone surrogate becomes U+FFFD in UTF-8, so 'a\uD800' and 'a\uFFFD' would share a
         // limit. Only keys that contain U+FFFD pay for the exact check.
         let written = std::slice::from_raw_parts(key.bytes.as_ptr().cast::<u8>(), key.len);
-        if written.windows(3).any(|window| window == REPLACEMENT) && has_lone_surrogate(env, value)? {
+        if written.windows(3).any(|window| window == REPLACEMENT) && has_lone_surrogate(env, value)?
+        {
             return Err(Error::new(
                 napi::Status::StringExpected,
                 "key must be a well-formed string: it contains a lone UTF-16 surrogate \
@@ -170,7 +173,10 @@ unsafe fn has_lone_surrogate(env: sys::napi_env, value: sys::napi_value) -> napi
     if sys::napi_get_value_string_utf16(env, value, std::ptr::null_mut(), 0, &mut len)
         != sys::Status::napi_ok
     {
-        return Err(Error::new(napi::Status::StringExpected, "key must be a string"));
+        return Err(Error::new(
+            napi::Status::StringExpected,
+            "key must be a string",
+        ));
     }
     let mut units = vec![0u16; len + 1];
     sys::napi_get_value_string_utf16(env, value, units.as_mut_ptr(), len + 1, &mut len);
@@ -220,14 +226,50 @@ pub(crate) fn configure(
 ) -> napi::Result<RateLimiterBuilder, &'static str> {
     use TrypemaError as E;
     type Setter = fn(RateLimiterBuilder, u64) -> RateLimiterBuilder;
-    let whole: [(&str, Option<f64>, fn(u64) -> TrypemaError, Setter); 7] = [
-        ("windowSizeSeconds", options.window_size_seconds, E::InvalidWindowSize, RateLimiterBuilder::window_size_seconds),
-        ("rateGroupSizeMs", options.rate_group_size_ms, E::InvalidRateGroupSize, RateLimiterBuilder::rate_group_size_ms),
-        ("suppressionFactorCacheMs", options.suppression_factor_cache_ms, E::InvalidSuppressionFactorCache, RateLimiterBuilder::suppression_factor_cache_ms),
-        ("syncIntervalMs", options.sync_interval_ms, E::InvalidSyncInterval, RateLimiterBuilder::sync_interval_ms),
-        ("cleanupIntervalMs", options.cleanup_interval_ms, E::InvalidCleanupInterval, RateLimiterBuilder::cleanup_interval_ms),
-        ("staleAfterMs", options.stale_after_ms, E::InvalidStaleAfter, RateLimiterBuilder::stale_after_ms),
-        ("commandTimeoutMs", options.command_timeout_ms, E::InvalidCommandTimeout, RateLimiterBuilder::command_timeout_ms),
+    type Whole<'a> = (&'a str, Option<f64>, fn(u64) -> TrypemaError, Setter);
+    let whole: [Whole; 7] = [
+        (
+            "windowSizeSeconds",
+            options.window_size_seconds,
+            E::InvalidWindowSize,
+            RateLimiterBuilder::window_size_seconds,
+        ),
+        (
+            "rateGroupSizeMs",
+            options.rate_group_size_ms,
+            E::InvalidRateGroupSize,
+            RateLimiterBuilder::rate_group_size_ms,
+        ),
+        (
+            "suppressionFactorCacheMs",
+            options.suppression_factor_cache_ms,
+            E::InvalidSuppressionFactorCache,
+            RateLimiterBuilder::suppression_factor_cache_ms,
+        ),
+        (
+            "syncIntervalMs",
+            options.sync_interval_ms,
+            E::InvalidSyncInterval,
+            RateLimiterBuilder::sync_interval_ms,
+        ),
+        (
+            "cleanupIntervalMs",
+            options.cleanup_interval_ms,
+            E::InvalidCleanupInterval,
+            RateLimiterBuilder::cleanup_interval_ms,
+        ),
+        (
+            "staleAfterMs",
+            options.stale_after_ms,
+            E::InvalidStaleAfter,
+            RateLimiterBuilder::stale_after_ms,
+        ),
+        (
+            "commandTimeoutMs",
+            options.command_timeout_ms,
+            E::InvalidCommandTimeout,
+            RateLimiterBuilder::command_timeout_ms,
+        ),
     ];
     for (name, value, error, set) in whole {
         if let Some(value) = whole_setting(name, value, error)? {

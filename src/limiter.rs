@@ -217,7 +217,10 @@ pub fn local_inc_with_quota(
 }
 
 /// `[limit, remaining, resetMs]` of `key`; records nothing.
-#[napi(catch_unwind, ts_args_type = "handle: number, strategy: number, key: string, rate: number")]
+#[napi(
+    catch_unwind,
+    ts_args_type = "handle: number, strategy: number, key: string, rate: number"
+)]
 pub fn local_get(
     handle: u32,
     strategy: u32,
@@ -235,7 +238,10 @@ pub fn local_get(
     })
 }
 
-#[napi(catch_unwind, ts_args_type = "handle: number, strategy: number, key: string, count: number")]
+#[napi(
+    catch_unwind,
+    ts_args_type = "handle: number, strategy: number, key: string, count: number"
+)]
 pub fn local_refund(
     handle: u32,
     strategy: u32,
@@ -252,7 +258,10 @@ pub fn local_refund(
     })
 }
 
-#[napi(catch_unwind, ts_args_type = "handle: number, strategy: number, key: string")]
+#[napi(
+    catch_unwind,
+    ts_args_type = "handle: number, strategy: number, key: string"
+)]
 pub fn local_reset(handle: u32, strategy: u32, key: KeyArg) -> napi::Result<(), &'static str> {
     with_limiter(handle, |limiter| {
         let local = limiter.core.local();
@@ -337,5 +346,7 @@ pub fn metrics(handle: u32) -> napi::Result<LimiterMetrics, &'static str> {
 
 #[napi(catch_unwind)]
 pub fn metrics_text(handle: u32) -> napi::Result<String, &'static str> {
-    with_limiter(handle, |limiter| Ok(limiter.core.metrics().prometheus_text()))
+    with_limiter(handle, |limiter| {
+        Ok(limiter.core.metrics().prometheus_text())
+    })
 }

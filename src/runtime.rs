@@ -47,7 +47,9 @@ pub(crate) fn get() -> napi::Result<&'static Runtime, &'static str> {
     }
 }
 
-pub(crate) fn spawn(task: impl Future<Output = ()> + Send + 'static) -> napi::Result<(), &'static str> {
+pub(crate) fn spawn(
+    task: impl Future<Output = ()> + Send + 'static,
+) -> napi::Result<(), &'static str> {
     get()?.spawn(task);
     Ok(())
 }

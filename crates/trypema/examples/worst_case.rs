@@ -25,7 +25,10 @@ async fn server_ms(connection: &mut ConnectionManager) -> f64 {
 fn crafted(now: f64, buckets: usize, fields: usize, extra: usize) -> Vec<u8> {
     let bucket = |age: f64| {
         let mut values = vec![now - age];
-        values.extend(std::iter::repeat_n(if fields == 2 { 1.0 } else { 0.0 }, fields - 1));
+        values.extend(std::iter::repeat_n(
+            if fields == 2 { 1.0 } else { 0.0 },
+            fields - 1,
+        ));
         if fields == 4 {
             values[1] = 1.0;
         }
@@ -41,7 +44,14 @@ fn crafted(now: f64, buckets: usize, fields: usize, extra: usize) -> Vec<u8> {
         })
         .collect();
     let counters = fields - 1;
-    let mut header = vec![7340.0 + fields as f64, now, 1.0, if fields == 2 { 1e9 } else { 1e6 }, buckets as f64, 0.0];
+    let mut header = vec![
+        7340.0 + fields as f64,
+        now,
+        1.0,
+        if fields == 2 { 1e9 } else { 1e6 },
+        buckets as f64,
+        0.0,
+    ];
     let mut sums = vec![0.0; counters];
     sums[0] = buckets as f64;
     header.extend(sums);
@@ -56,7 +66,11 @@ fn crafted(now: f64, buckets: usize, fields: usize, extra: usize) -> Vec<u8> {
 }
 
 async fn evalsha_usec(admin: &mut ConnectionManager) -> (u64, u64) {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(admin).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
     let line = info
         .lines()
         .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
@@ -87,7 +101,9 @@ async fn main() {
         .unwrap();
     let rate = RateLimit::new(1.0).unwrap();
     println!("W = 3600 s, G = 1 ms (coarsened to 7200 ms), one call after a long pause:");
-    for (strategy, tag, fields, extra) in [("absolute", 'a', 2usize, 0usize), ("suppressed", 's', 4, 2)] {
+    for (strategy, tag, fields, extra) in
+        [("absolute", 'a', 2usize, 0usize), ("suppressed", 's', 4, 2)]
+    {
         for buckets in [500usize, 600] {
             let now = server_ms(&mut admin).await;
             let keys: Vec<String> = (0..KEYS).map(|i| format!("k{buckets}{i}")).collect();
@@ -109,7 +125,11 @@ async fn main() {
                 .query_async(&mut admin)
                 .await
                 .unwrap();
-            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut admin).await.unwrap();
+            let _: () = redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
             let started = Instant::now();
             for key in &keys {
                 let key = RedisKey::new(key.as_str()).unwrap();

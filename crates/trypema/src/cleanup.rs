@@ -72,7 +72,9 @@ impl Cleanup {
             id,
             Job {
                 interval,
-                due: Instant::now().checked_add(interval).unwrap_or_else(far_future),
+                due: Instant::now()
+                    .checked_add(interval)
+                    .unwrap_or_else(far_future),
                 targets,
             },
         );

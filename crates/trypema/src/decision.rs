@@ -46,6 +46,7 @@ pub struct Quota {
 
 impl Quota {
     /// All of `limit` left, nothing recorded.
+    #[cfg_attr(not(trypema_redis), allow(dead_code))]
     pub(crate) fn full(limit: f64) -> Self {
         Self {
             limit,

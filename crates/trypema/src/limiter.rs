@@ -6,7 +6,7 @@ use crate::{
     local::LocalProvider,
     metrics::{Metrics, MetricsSnapshot},
     redis_key::RedisKey,
-    settings::{MAX_WINDOW_BUCKETS, MAX_DURATION_MS},
+    settings::{MAX_DURATION_MS, MAX_WINDOW_BUCKETS},
     suppression::SuppressionLimits,
     CleanupIntervalMs, CommandTimeoutMs, HardLimitFactor, LocalRateFactor, OnRedisError,
     RateGroupSizeMs, RateLimit, StaleAfterMs, SuppressionFactorCacheMs, SyncIntervalMs,
@@ -99,7 +99,9 @@ impl RateLimiter {
     /// A builder for a limiter whose `redis` and `hybrid` providers use a Redis Cluster
     /// (redis-rs's async cluster connection routes each call to the node of its key's slot).
     #[cfg(trypema_redis)]
-    pub fn cluster_builder(connection: redis::cluster_async::ClusterConnection) -> RateLimiterBuilder {
+    pub fn cluster_builder(
+        connection: redis::cluster_async::ClusterConnection,
+    ) -> RateLimiterBuilder {
         RateLimiterBuilder {
             connection: Some(crate::redis::connection::Connection::Cluster(connection)),
             ..RateLimiterBuilder::default()

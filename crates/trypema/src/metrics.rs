@@ -119,7 +119,8 @@ impl Metrics {
             self.round_trip_failures.fetch_add(1, Relaxed);
         }
         let micros = took.as_micros().min(u64::MAX as u128) as u64;
-        let bucket = (64 - micros.saturating_sub(1).leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
+        let bucket =
+            (64 - micros.saturating_sub(1).leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
         self.latency[bucket].fetch_add(1, Relaxed);
         self.latency_sum_us.fetch_add(micros, Relaxed);
     }
@@ -235,13 +236,34 @@ impl MetricsSnapshot {
     /// The counters in the Prometheus text exposition format (version 0.0.4).
     pub fn prometheus_text(&self) -> String {
         let mut out = String::new();
-        let families: [(&str, &str, fn(&DecisionMetrics) -> u64); 6] = [
+        type Family = (&'static str, &'static str, fn(&DecisionMetrics) -> u64);
+        let families: [Family; 6] = [
             ("trypema_allowed_total", "Calls allowed.", |d| d.allowed),
-            ("trypema_rejected_total", "Calls rejected (absolute).", |d| d.rejected),
-            ("trypema_suppressed_admitted_total", "Calls over the soft limit that were admitted (suppressed).", |d| d.suppressed_admitted),
-            ("trypema_suppressed_declined_total", "Calls shed (suppressed).", |d| d.suppressed_declined),
-            ("trypema_errors_total", "Calls that failed because Redis was unavailable.", |d| d.errors),
-            ("trypema_degraded_total", "Decisions made by the outage policy.", |d| d.degraded),
+            (
+                "trypema_rejected_total",
+                "Calls rejected (absolute).",
+                |d| d.rejected,
+            ),
+            (
+                "trypema_suppressed_admitted_total",
+                "Calls over the soft limit that were admitted (suppressed).",
+                |d| d.suppressed_admitted,
+            ),
+            (
+                "trypema_suppressed_declined_total",
+                "Calls shed (suppressed).",
+                |d| d.suppressed_declined,
+            ),
+            (
+                "trypema_errors_total",
+                "Calls that failed because Redis was unavailable.",
+                |d| d.errors,
+            ),
+            (
+                "trypema_degraded_total",
+                "Decisions made by the outage policy.",
+                |d| d.degraded,
+            ),
         ];
         for (name, help, value) in families {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -279,13 +301,32 @@ impl MetricsSnapshot {
             self.redis_round_trips
         );
         let scalars = [
-            ("trypema_redis_failures_total", "Redis round trips that failed.", self.redis_failures),
-            ("trypema_breaker_opened_total", "Times the circuit breaker opened.", self.breaker_opened),
-            ("trypema_hybrid_leased_units_total", "Units reserved from Redis as hybrid leases.", self.hybrid_leased_units),
-            ("trypema_hybrid_returned_units_total", "Leased units given back unused.", self.hybrid_returned_units),
+            (
+                "trypema_redis_failures_total",
+                "Redis round trips that failed.",
+                self.redis_failures,
+            ),
+            (
+                "trypema_breaker_opened_total",
+                "Times the circuit breaker opened.",
+                self.breaker_opened,
+            ),
+            (
+                "trypema_hybrid_leased_units_total",
+                "Units reserved from Redis as hybrid leases.",
+                self.hybrid_leased_units,
+            ),
+            (
+                "trypema_hybrid_returned_units_total",
+                "Leased units given back unused.",
+                self.hybrid_returned_units,
+            ),
         ];
         for (name, help, value) in scalars {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
         }
         out
     }
@@ -316,11 +357,30 @@ mod tests {
     #[test]
     fn decisions_are_counted_per_provider_and_strategy() {
         let metrics = Metrics::default();
-        metrics.decision(Provider::Hybrid, Strategy::Suppressed, &RateLimitDecision::Suppressed { suppression_factor: 0.5, is_allowed: false }, true);
-        metrics.decision(Provider::Local, Strategy::Absolute, &RateLimitDecision::Allowed, false);
+        metrics.decision(
+            Provider::Hybrid,
+            Strategy::Suppressed,
+            &RateLimitDecision::Suppressed {
+                suppression_factor: 0.5,
+                is_allowed: false,
+            },
+            true,
+        );
+        metrics.decision(
+            Provider::Local,
+            Strategy::Absolute,
+            &RateLimitDecision::Allowed,
+            false,
+        );
         let snapshot = metrics.snapshot();
-        let hybrid = snapshot.decisions.iter().find(|d| d.provider == "hybrid" && d.strategy == "suppressed").unwrap();
+        let hybrid = snapshot
+            .decisions
+            .iter()
+            .find(|d| d.provider == "hybrid" && d.strategy == "suppressed")
+            .unwrap();
         assert_eq!((hybrid.suppressed_declined, hybrid.degraded), (1, 1));
-        assert!(snapshot.prometheus_text().contains("trypema_allowed_total{provider=\"local\",strategy=\"absolute\"} 1"));
+        assert!(snapshot
+            .prometheus_text()
+            .contains("trypema_allowed_total{provider=\"local\",strategy=\"absolute\"} 1"));
     }
 }

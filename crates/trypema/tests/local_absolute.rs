@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{rate, rejected, Mocked};
-use trypema::{RateLimitDecision, RateLimiter};
+use trypema::{Quota, QuotaDecision, RateLimitDecision, RateLimiter};
 
 use RateLimitDecision::Allowed;
 
@@ -65,12 +65,70 @@ fn counts_greater_than_one() {
     assert_eq!(abs.inc("k", &r, 1), rejected(10, 10_001, 0));
     assert_eq!(abs.inc("k", &r, 0), Allowed, "a zero count never goes over");
 
-    // A count larger than the capacity is refused even on a fresh key.
-    assert!(matches!(
-        abs.inc("fresh", &r, 11),
-        RateLimitDecision::Rejected { .. }
-    ));
+    // A count larger than the capacity is refused even on a fresh key, and told to wait a
+    // whole window (W·1000 ms exactly), with or without state.
+    assert_eq!(abs.inc("fresh", &r, 11), rejected(10, 10_000, 0));
     assert_eq!(abs.inc("fresh", &r, 10), Allowed);
+    assert_eq!(abs.inc("fresh", &r, 11), rejected(10, 10_000, 0));
+}
+
+#[test]
+fn a_count_above_the_capacity_waits_a_whole_window() {
+    let mut t = Mocked::new(10, 10);
+    let r = rate(1.0); // C = 10
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 3), Allowed);
+    t.at(4000);
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 4), Allowed);
+    t.at(6000);
+    // n <= C: the oldest bucket (3 at 0) leaves at 10 001; 4 are left then.
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &r, 4),
+        rejected(10, 4001, 4)
+    );
+    // n > C: a whole window, whatever the buckets; what is left after the oldest is the same.
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &r, 11),
+        rejected(10, 10_000, 4)
+    );
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &r, u64::MAX),
+        rejected(10, 10_000, 4)
+    );
+    // Nothing was recorded by the refusals.
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 3), Allowed);
+}
+
+/// `inc` with a count of 0 is always `Allowed` and creates no state.
+#[test]
+fn a_zero_count_creates_no_state() {
+    let t = Mocked::new(10, 10);
+    let r = rate(1.0);
+    assert_eq!(t.rl.local().absolute().inc("zero", &r, 0), Allowed);
+    assert_eq!(t.rl.local().absolute().key_count(), 0, "absolute");
+    assert_eq!(t.rl.local().suppressed().inc("zero", &r, 0), Allowed);
+    assert_eq!(t.rl.local().suppressed().key_count(), 0, "suppressed");
+}
+
+#[test]
+fn a_zero_count_is_always_allowed_and_fixes_no_rate() {
+    let mut t = Mocked::new(1, 10);
+    // A zero count on a fresh key does not fix the key's rate: the first real inc does.
+    assert_eq!(t.rl.local().absolute().inc("k", &rate(1.0), 0), Allowed);
+    assert_eq!(t.rl.local().absolute().inc("k", &rate(5.0), 5), Allowed);
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &rate(5.0), 1),
+        rejected(1, 1001, 0)
+    );
+    // A full window still takes a zero count.
+    assert_eq!(t.rl.local().absolute().inc("k", &rate(5.0), 0), Allowed);
+    // Once the window is empty a zero count changes nothing either.
+    t.at(1001);
+    assert_eq!(t.rl.local().absolute().inc("k", &rate(1.0), 0), Allowed);
+    assert_eq!(t.rl.local().absolute().inc("k", &rate(3.0), 3), Allowed);
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &rate(3.0), 1),
+        rejected(1, 1001, 0)
+    );
 }
 
 #[test]
@@ -166,15 +224,48 @@ fn increments_less_than_a_group_apart_share_a_bucket() {
     assert_eq!(t.rl.local().absolute().inc("k", &r, 2), Allowed);
     assert_eq!(t.rl.local().absolute().inc("k", &r, 1), rejected(1, 120, 3));
 
-    // With a 1 ms group, only increments in the same millisecond coalesce.
-    let mut t = Mocked::new(1, 1);
+    // A window is never divided into more than 500 buckets: the group in force is
+    // max(G, ceil(W·1000 / 500)). With W = 10 s and G = 10 ms that is 20 ms: increments 19 ms
+    // apart share a bucket, 20 ms apart they do not.
+    let mut t = Mocked::new(10, 10);
+    let r = rate(0.5); // C = 5
     assert_eq!(t.rl.local().absolute().inc("k", &r, 1), Allowed);
+    t.at(19);
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 1), Allowed);
+    t.at(20);
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 3), Allowed);
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &r, 1),
+        rejected(10, 10_001 - 20, 3),
+        "the increments at 0 and 19 ms share the oldest bucket"
+    );
+
+    // With W = 1 s the group in force is at least 2 ms: a 1 ms group coalesces increments
+    // 1 ms apart, and only those less than 2 ms apart.
+    let mut t = Mocked::new(1, 1);
+    let r = rate(5.0); // C = 5
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 1), Allowed);
+    t.advance(1);
     assert_eq!(t.rl.local().absolute().inc("k", &r, 1), Allowed);
     t.advance(1);
     assert_eq!(t.rl.local().absolute().inc("k", &r, 3), Allowed);
     assert_eq!(
         t.rl.local().absolute().inc("k", &r, 1),
-        rejected(1, 1000, 3)
+        rejected(1, 999, 3),
+        "the increments at 0 and 1 ms share the oldest bucket"
+    );
+
+    // W = 3600 s: 7200 ms, whatever G.
+    let mut t = Mocked::new(3600, 1);
+    let r = rate(1.0); // C = 3600
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 1000), Allowed);
+    t.at(7199);
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 2000), Allowed);
+    t.at(7200);
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 600), Allowed);
+    assert_eq!(
+        t.rl.local().absolute().inc("k", &r, 1),
+        rejected(3600, 3_600_001 - 7200, 600)
     );
 }
 
@@ -428,4 +519,75 @@ fn many_threads_on_many_keys() {
     }
     assert_eq!(rl.local().absolute().key_count(), KEYS);
     assert_eq!(rl.local().suppressed().key_count(), KEYS);
+}
+
+#[test]
+fn quota_get_refund_and_reset() {
+    let mut t = Mocked::new(10, 100);
+    let r = rate(1.0); // C = 10
+    let quota = |limit: f64, remaining: u64, reset_ms: u64| Quota {
+        limit,
+        remaining,
+        reset_ms,
+    };
+    {
+        let abs = t.rl.local().absolute();
+        // Without state: the whole capacity, nothing to wait for; nothing is recorded.
+        assert_eq!(abs.get("k", &r), quota(10.0, 10, 0));
+        assert_eq!(abs.key_count(), 0);
+        assert_eq!(
+            abs.inc_with_quota("k", &r, 4),
+            QuotaDecision {
+                decision: Allowed,
+                quota: quota(10.0, 6, 10_001),
+                degraded: false
+            }
+        );
+    }
+    t.at(3000);
+    {
+        let abs = t.rl.local().absolute();
+        // The same decision as inc, with the quota after it.
+        assert_eq!(
+            abs.inc_with_quota("k", &r, 7),
+            QuotaDecision {
+                decision: rejected(10, 7001, 0),
+                quota: quota(10.0, 6, 7001),
+                degraded: false
+            }
+        );
+        assert_eq!(abs.inc("k", &r, 3), Allowed); // buckets [0: 4, 3000: 3]
+        assert_eq!(abs.get("k", &r), quota(10.0, 3, 7001));
+        // A later rate does not change the sticky capacity.
+        assert_eq!(abs.get("k", &rate(100.0)), quota(10.0, 3, 7001));
+        // Refunds take back the newest units first: 3 from the bucket at 3000, 2 from the one
+        // at 0.
+        assert_eq!(abs.refund("k", 5), 5);
+        assert_eq!(abs.get("k", &r), quota(10.0, 8, 7001));
+        assert_eq!(abs.inc("k", &r, 9), rejected(10, 7001, 0));
+        // Never below zero: only the 2 left are taken back. The window is then empty, so the
+        // rate no longer sticks.
+        assert_eq!(abs.refund("k", 100), 2);
+        assert_eq!(abs.get("k", &rate(2.0)), quota(20.0, 20, 0));
+        assert_eq!(abs.refund("unknown", 3), 0);
+        assert_eq!(abs.inc("k", &rate(2.0), 20), Allowed);
+        // reset forgets the key.
+        abs.reset("k");
+        assert_eq!(abs.key_count(), 0);
+        assert_eq!(abs.get("k", &r), quota(10.0, 10, 0));
+        assert_eq!(abs.inc("k", &r, 10), Allowed);
+    }
+}
+
+/// A refund takes back only units still in the window: what has left it is not "recorded"
+/// any more (and the Redis provider, which evicts first, answers 0 here).
+#[test]
+fn refund_takes_back_nothing_that_left_the_window() {
+    let mut t = Mocked::new(1, 10);
+    let r = rate(5.0);
+    assert_eq!(t.rl.local().absolute().inc("k", &r, 5), Allowed);
+    assert_eq!(t.rl.local().suppressed().inc("k", &r, 5), Allowed);
+    t.at(1001);
+    assert_eq!(t.rl.local().absolute().refund("k", 5), 0, "absolute");
+    assert_eq!(t.rl.local().suppressed().refund("k", 5), 0, "suppressed");
 }

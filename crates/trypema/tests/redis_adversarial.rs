@@ -116,6 +116,8 @@ async fn hammer(
 /// window. Here no window of server time may hold more than C.
 fn skewed_first_call(hybrid: bool) {
     rt::run(async move {
+        // The busy script blocks the shared server: no other test may run meanwhile.
+        let _alone = support::exclusive().await;
         let url = redis_url();
         let prefix = unique("skew");
         let k = key("k");
@@ -156,7 +158,10 @@ fn skewed_first_call(hybrid: bool) {
             from_a.len(),
             from_b.len()
         );
-        assert!(worst <= 50, "{worst} admissions within {span} ms of server time");
+        assert!(
+            worst <= 50,
+            "{worst} admissions within {span} ms of server time"
+        );
         assert!(
             from_a.len() + from_b.len() >= 100,
             "the window was used (3 windows of 50): {} admitted",
@@ -242,7 +247,10 @@ fn a_truncated_bucket_array_is_folded_into_the_newest_bucket_never_under_counted
         // later, never earlier, than they would have.
         rt::sleep(Duration::from_millis(2100)).await;
         let quota = rl.redis().absolute().get(&k, &rate(RATE)).await.unwrap();
-        assert_eq!(quota.remaining, 50, "everything left with the window: {quota:?}");
+        assert_eq!(
+            quota.remaining, 50,
+            "everything left with the window: {quota:?}"
+        );
     })
 }
 
@@ -263,7 +271,9 @@ fn a_key_of_another_type_or_layout_is_rebuilt_without_an_error_loop() {
             damage.arg(&name);
             match what {
                 "a list" => damage.arg("x"),
-                "garbage" => damage.arg("not a trypema window, but long enough to be taken for a header.............."),
+                "garbage" => damage.arg(
+                    "not a trypema window, but long enough to be taken for a header..............",
+                ),
                 _ => damage.arg(vec![0u8; 56]),
             };
             let _: redis::Value = damage.query_async(&mut admin).await.unwrap();
@@ -290,7 +300,11 @@ fn a_header_total_below_its_buckets_never_goes_negative() {
         let rl = limiter(&url, &prefix).await;
         let mut admin = connect(&url).await;
         for _ in 0..4 {
-            rl.redis().absolute().inc(&k, &rate(RATE), 10).await.unwrap();
+            rl.redis()
+                .absolute()
+                .inc(&k, &rate(RATE), 10)
+                .await
+                .unwrap();
             rt::sleep(Duration::from_millis(15)).await;
         }
         // Overwrite the total (field 6) with 1 while the buckets hold 40.
@@ -307,7 +321,11 @@ fn a_header_total_below_its_buckets_never_goes_negative() {
         let quota = rl.redis().absolute().get(&k, &rate(RATE)).await.unwrap();
         assert!(quota.remaining <= 50, "{quota:?}");
         assert_eq!(
-            rl.redis().absolute().inc(&k, &rate(RATE), 50).await.unwrap(),
+            rl.redis()
+                .absolute()
+                .inc(&k, &rate(RATE), 50)
+                .await
+                .unwrap(),
             RateLimitDecision::Allowed
         );
         assert!(matches!(
@@ -328,19 +346,28 @@ fn script_flushes_during_a_batch_never_run_a_give_back_twice() {
             .build()
             .unwrap();
         let checker = limiter(&url, &prefix).await;
-        let keys: Vec<RedisKey> = (0..300).map(|i| RedisKey::new(format!("k{i}")).unwrap()).collect();
+        let keys: Vec<RedisKey> = (0..300)
+            .map(|i| RedisKey::new(format!("k{i}")).unwrap())
+            .collect();
         // Each key: a few calls (leases larger than what is used), so close() gives back on
         // every key in one pipelined batch.
         for k in &keys {
             for _ in 0..3 {
                 assert_eq!(
-                    rl.hybrid().absolute().inc(k, &rate(1000.0), 1).await.unwrap(),
+                    rl.hybrid()
+                        .absolute()
+                        .inc(k, &rate(1000.0), 1)
+                        .await
+                        .unwrap(),
                     RateLimitDecision::Allowed
                 );
             }
         }
         let leased = rl.metrics().hybrid_leased_units;
-        assert!(leased > 3 * 300, "leases are larger than what is used: {leased}");
+        assert!(
+            leased > 3 * 300,
+            "leases are larger than what is used: {leased}"
+        );
         // Flush scripts over and over while the batch of give-backs runs.
         let flusher = {
             let url = url.clone();
@@ -356,7 +383,12 @@ fn script_flushes_during_a_batch_never_run_a_give_back_twice() {
         flusher.await;
         // Every give-back applied exactly once: each key's window holds what was used.
         for k in &keys {
-            let quota = checker.redis().absolute().get(k, &rate(1000.0)).await.unwrap();
+            let quota = checker
+                .redis()
+                .absolute()
+                .get(k, &rate(1000.0))
+                .await
+                .unwrap();
             assert_eq!(
                 quota.limit as u64 - quota.remaining,
                 3,
@@ -377,15 +409,7 @@ fn script_flushes_during_a_batch_never_run_a_give_back_twice() {
 async fn craft(admin: &mut ConnectionManager, name: &str, now: f64, ages: &[f64]) {
     let n = ages.len();
     let bucket = |age: f64| [now - age, 1.0];
-    let mut header = vec![
-        7342.0,
-        now,
-        1.0,
-        1e9,
-        n as f64,
-        0.0,
-        n as f64,
-    ];
+    let mut header = vec![7342.0, now, 1.0, 1e9, n as f64, 0.0, n as f64];
     header.extend(bucket(ages[0]));
     header.extend(bucket(ages[n - 1]));
     let mut bytes: Vec<u8> = header.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -405,6 +429,8 @@ async fn craft(admin: &mut ConnectionManager, name: &str, now: f64, ages: &[f64]
 #[test]
 fn one_call_after_a_long_pause_does_bounded_work() {
     rt::run(async {
+        // Reads server-wide command statistics.
+        let _alone = support::exclusive().await;
         let url = redis_url();
         let prefix = unique("bounded");
         // W = 3600 s and G = 1 ms: coarsened to 7200 ms, so at most 500 buckets; the scripts cap
@@ -439,7 +465,10 @@ fn one_call_after_a_long_pause_does_bounded_work() {
         let script_usec: f64 = stats
             .lines()
             .find_map(|line| line.strip_prefix("cmdstat_evalsha:"))
-            .and_then(|rest| rest.split(',').find_map(|field| field.strip_prefix("usec=")))
+            .and_then(|rest| {
+                rest.split(',')
+                    .find_map(|field| field.strip_prefix("usec="))
+            })
             .map_or(0.0, |n| n.parse().unwrap());
         // 598 buckets read in chunks of 32: 19 range reads, plus the header's.
         let reads = calls("getrange");
@@ -454,6 +483,10 @@ fn one_call_after_a_long_pause_does_bounded_work() {
             "the newest crafted bucket and this call remain: {quota:?}"
         );
         let bytes = get_bytes(&mut admin, &name).await;
-        assert!(bytes.len() <= 88 + 16 * 40, "the evicted buckets' space is given back: {} bytes", bytes.len());
+        assert!(
+            bytes.len() <= 88 + 16 * 40,
+            "the evicted buckets' space is given back: {} bytes",
+            bytes.len()
+        );
     })
 }

@@ -94,7 +94,11 @@ impl LeaseEntry {
 }
 
 impl AbsoluteState {
-    pub(crate) fn new(redis: Arc<RedisContext>, signal: Arc<SyncSignal>, policy: LeasePolicy) -> Self {
+    pub(crate) fn new(
+        redis: Arc<RedisContext>,
+        signal: Arc<SyncSignal>,
+        policy: LeasePolicy,
+    ) -> Self {
         Self {
             redis,
             signal,
@@ -147,12 +151,15 @@ impl AbsoluteState {
             })
             .collect();
         let results = self.redis.eval_batch(&ABSOLUTE, calls).await;
+        // Leases end by the time taken before sending (never later than Redis counts them);
+        // hints and refusals run from the answer.
+        let replied = self.now_ms();
         for (index, (_, entry, request)) in work.iter().enumerate() {
             let outcome = match &results {
                 Ok(values) => values[index]
                     .as_ref()
                     .map_err(Clone::clone)
-                    .and_then(|value| script::doubles::<8>(value)),
+                    .and_then(script::doubles::<8>),
                 Err(error) => Err(error.clone()),
             };
             match outcome {
@@ -166,11 +173,17 @@ impl AbsoluteState {
                         reset_ms: script::whole(reset_ms),
                         remaining_after_waiting: script::whole(remaining_after),
                     };
-                    entry.leases.granted(request, &grant, now + self.policy.lease_ms);
-                    entry.leases.note_refusal(request, &grant, now, &self.policy);
+                    entry
+                        .leases
+                        .granted(request, &grant, now + self.policy.lease_ms);
+                    entry
+                        .leases
+                        .note_refusal(request, &grant, replied, &self.policy);
                     entry.capacity.store(grant.capacity, Ordering::Release);
                     entry.total.store(script::whole(total), Ordering::Release);
-                    entry.reset_at.store(now + grant.reset_ms, Ordering::Release);
+                    entry
+                        .reset_at
+                        .store(replied + grant.reset_ms, Ordering::Release);
                     self.redis.metrics.leases(grant.granted, request.returned);
                     entry.service.finish(None);
                 }
@@ -228,7 +241,9 @@ impl AbsoluteState {
     }
 
     pub(crate) fn is_settled(&self) -> bool {
-        self.entries.iter().all(|item| item.value().leases.is_settled())
+        self.entries
+            .iter()
+            .all(|item| item.value().leases.is_settled())
     }
 }
 
@@ -238,10 +253,12 @@ impl AbsoluteHybridRateLimiter {
     }
 
     fn count(&self, decision: RateLimitDecision, degraded: bool) -> RateLimitDecision {
-        self.state
-            .redis
-            .metrics
-            .decision(Provider::Hybrid, Strategy::Absolute, &decision, degraded);
+        self.state.redis.metrics.decision(
+            Provider::Hybrid,
+            Strategy::Absolute,
+            &decision,
+            degraded,
+        );
         decision
     }
 
@@ -406,11 +423,12 @@ impl AbsoluteHybridRateLimiter {
     /// Takes back up to `count` recorded units of `key`: first units this instance admitted
     /// from its live leases (released from their buckets), then units in Redis, newest first.
     pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
-        let own = self
-            .state
-            .entries
-            .get(key.as_str())
-            .map(|entry| (entry.capacity.load(Ordering::Acquire), entry.leases.refund_used(self.state.now_ms(), count)));
+        let own = self.state.entries.get(key.as_str()).map(|entry| {
+            (
+                entry.capacity.load(Ordering::Acquire),
+                entry.leases.refund_used(self.state.now_ms(), count),
+            )
+        });
         let mut refunded = 0;
         if let Some((capacity, (used, give_backs))) = own {
             if used > 0 {

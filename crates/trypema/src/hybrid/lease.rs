@@ -91,8 +91,9 @@ pub(crate) struct LeasePolicy {
     pub(crate) lease_ms: u64,
     /// A busy key's lease is renewed this long before it ends.
     pub(crate) renew_margin_ms: u64,
-    /// How long a refusal from Redis is reused locally (at most).
+    /// How long a refusal from Redis is reused locally (at most, and at least).
     pub(crate) refusal_ms: u64,
+    pub(crate) min_refusal_ms: u64,
     /// Suppressed: used units are released (and reported as observed) at every sync.
     pub(crate) release_used: bool,
 }
@@ -166,7 +167,9 @@ impl Leases {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, [SlotBook; 2]> {
-        self.book.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.book
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Takes `count` from the lease that ends first, else the other. `demand`: count this
@@ -204,8 +207,8 @@ impl Leases {
             if left == 0 || entry.granted == 0 || now_ms >= slot.until.load(Ordering::Acquire) {
                 continue;
             }
-            let used = (entry.granted - entry.released)
-                .saturating_sub(slot.quota.load(Ordering::Acquire));
+            let used =
+                (entry.granted - entry.released).saturating_sub(slot.quota.load(Ordering::Acquire));
             let back = used.min(left);
             entry.released += back;
             left -= back;
@@ -318,10 +321,15 @@ impl Leases {
                 free[index] = true;
             }
         }
-        let newest = if book[0].serial >= book[1].serial { 0 } else { 1 };
+        let newest = if book[0].serial >= book[1].serial {
+            0
+        } else {
+            1
+        };
         let ending = !free[newest] && {
             let slot = &self.slots[newest];
-            let used = slot.quota.load(Ordering::Acquire) < book[newest].granted - book[newest].released;
+            let used =
+                slot.quota.load(Ordering::Acquire) < book[newest].granted - book[newest].released;
             now_ms + policy.renew_margin_ms >= slot.until.load(Ordering::Acquire) && used
         };
         if need_total > 0 || running_low || ending {
@@ -468,7 +476,12 @@ impl Leases {
             refusal
                 .remaining_after_waiting
                 .store(grant.remaining_after_waiting, Ordering::Release);
-            let until = now_ms + grant.reset_ms.clamp(1, policy.refusal_ms.max(1));
+            // Kept at least a sync interval (a count that can never fit has no reset time), so
+            // the callers this answer was for read it before it expires.
+            let until = now_ms
+                + grant
+                    .reset_ms
+                    .clamp(policy.min_refusal_ms, policy.refusal_ms);
             refusal.until.store(until, Ordering::Release);
         } else if request.need_total > 0 {
             refusal.until.store(0, Ordering::Release);

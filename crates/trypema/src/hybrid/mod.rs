@@ -34,7 +34,10 @@ use crate::{redis::RedisContext, TrypemaError};
 pub struct HybridProvider {
     absolute: AbsoluteHybridRateLimiter,
     suppressed: SuppressedHybridRateLimiter,
-    states: (Arc<absolute::AbsoluteState>, Arc<suppressed::SuppressedState>),
+    states: (
+        Arc<absolute::AbsoluteState>,
+        Arc<suppressed::SuppressedState>,
+    ),
     context: Arc<RedisContext>,
 }
 
@@ -42,7 +45,11 @@ impl HybridProvider {
     pub(crate) fn new(context: Arc<RedisContext>) -> Self {
         let signal = Arc::new(SyncSignal::default());
         let policy = lease_policy(&context);
-        let absolute = Arc::new(absolute::AbsoluteState::new(context.clone(), signal.clone(), policy));
+        let absolute = Arc::new(absolute::AbsoluteState::new(
+            context.clone(),
+            signal.clone(),
+            policy,
+        ));
         let suppressed = Arc::new(suppressed::SuppressedState::new(
             context.clone(),
             signal.clone(),
@@ -88,15 +95,27 @@ impl HybridProvider {
         if !self.context.has_connection() {
             return Ok(());
         }
-        let (absolute, suppressed) =
-            futures_util::future::join(self.states.0.flush(), self.states.1.flush()).await;
-        absolute.and(suppressed)
+        // A sync round already in flight may still hand out a lease after the first pass: a
+        // second pass (after that round's answer, which arrives first on the connection) gives
+        // it back too.
+        for _ in 0..3 {
+            let (absolute, suppressed) =
+                futures_util::future::join(self.states.0.flush(), self.states.1.flush()).await;
+            absolute.and(suppressed)?;
+            if self.states.0.is_settled() && self.states.1.is_settled() {
+                break;
+            }
+            crate::runtime::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        Ok(())
     }
 
     /// On drop: the same as [`Self::flush`], in the background, when there is anything to give
     /// back and a runtime to do it on.
     pub(crate) fn flush_in_background(&self) {
-        if !self.context.has_connection() || (self.states.0.is_settled() && self.states.1.is_settled()) {
+        if !self.context.has_connection()
+            || (self.states.0.is_settled() && self.states.1.is_settled())
+        {
             return;
         }
         let provider = self.clone();
@@ -118,6 +137,7 @@ fn lease_policy(context: &RedisContext) -> LeasePolicy {
         lease_ms,
         renew_margin_ms: 2 * settings.sync_interval_ms,
         refusal_ms: (lease_ms / 4).max(settings.sync_interval_ms),
+        min_refusal_ms: settings.sync_interval_ms.min(lease_ms / 4).max(1),
         release_used: false,
     }
 }

@@ -115,7 +115,13 @@ impl SharedView {
         self.cached_shedding
     }
 
-    fn factor(&mut self, limits: &SuppressionLimits, accepted: u64, now: u64, cache_ms: u64) -> f64 {
+    fn factor(
+        &mut self,
+        limits: &SuppressionLimits,
+        accepted: u64,
+        now: u64,
+        cache_ms: u64,
+    ) -> f64 {
         let accepted_f = accepted as f64;
         if accepted_f < limits.soft {
             0.0
@@ -136,7 +142,9 @@ impl SharedView {
 
 impl SharedEntry {
     fn lock(&self) -> MutexGuard<'_, SharedView> {
-        self.view.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.view
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Decides from the local view and leases: `None` when the view is too old or an admission
@@ -191,7 +199,11 @@ impl SharedEntry {
         // Draw only once quota is at hand (or Redis has just said there is none): a call that
         // went to Redis for quota and drew again there would be declined more often than `f`.
         if count > 0 && self.leases.available(now) < count {
-            if self.leases.refused(now, count, state.redis.settings().window_ms).is_some() {
+            if self
+                .leases
+                .refused(now, count, state.redis.settings().window_ms)
+                .is_some()
+            {
                 view.record(count, true);
                 return Some(RateLimitDecision::Suppressed {
                     suppression_factor: 1.0,
@@ -223,7 +235,11 @@ impl SharedEntry {
 }
 
 impl SuppressedState {
-    pub(crate) fn new(redis: Arc<RedisContext>, signal: Arc<SyncSignal>, policy: LeasePolicy) -> Self {
+    pub(crate) fn new(
+        redis: Arc<RedisContext>,
+        signal: Arc<SyncSignal>,
+        policy: LeasePolicy,
+    ) -> Self {
         Self {
             redis,
             signal,
@@ -243,7 +259,7 @@ impl SuppressedState {
     /// with Redis unreachable calls then fail instead of deciding on stale totals.
     fn usable(&self, view: &SharedView, now: u64) -> Option<SuppressionLimits> {
         let limits = view.limits?;
-        (now.saturating_sub(view.synced_at) <= self.policy.lease_ms).then_some(limits)
+        (now.saturating_sub(view.synced_at) < self.policy.lease_ms).then_some(limits)
     }
 
     fn args(&self, view: &SharedView, request: &LeaseRequest) -> Vec<u8> {
@@ -285,16 +301,14 @@ impl SuppressedState {
             // fresh enough to be used).
             let far_below = view.limits.is_some_and(|limits| {
                 (view.accepted(entry.leases.available(now)) as f64) < limits.soft / 2.0
-            }) && now.saturating_sub(view.synced_at) + 2 * self.redis.settings().sync_interval_ms
+            }) && now.saturating_sub(view.synced_at)
+                + 2 * self.redis.settings().sync_interval_ms
                 < self.policy.lease_ms / 2;
             let report = wanted || (has_pending && !(far_below && view.skipped < SKIPPABLE_SYNCS));
             if has_pending && !report {
                 view.skipped += 1;
             }
-            match entry.leases.plan(now, hard, &self.policy, report) {
-                Some(request) => request,
-                None => return None,
-            }
+            entry.leases.plan(now, hard, &self.policy, report)?
         };
         if closing && !has_pending && request.give_backs.iter().all(|give| give.amount == 0) {
             return None;
@@ -318,17 +332,20 @@ impl SuppressedState {
             .collect();
         let results = self.redis.eval_batch(&SUPPRESSED, calls).await;
         let settings = self.redis.settings();
+        let replied = self.now_ms();
         for (index, (_, entry, request, _)) in work.iter().enumerate() {
             let outcome = match &results {
                 Ok(values) => values[index]
                     .as_ref()
                     .map_err(Clone::clone)
-                    .and_then(|value| script::doubles::<9>(value)),
+                    .and_then(script::doubles::<9>),
                 Err(error) => Err(error.clone()),
             };
             let mut view = entry.lock();
             match outcome {
-                Ok([granted, start, epoch, observed, declined, reserved, last_second, rate, reset_ms]) => {
+                Ok(
+                    [granted, start, epoch, observed, declined, reserved, last_second, rate, reset_ms],
+                ) => {
                     let rate = if rate > 0.0 { rate } else { view.rate };
                     let limits = SuppressionLimits::new(
                         rate,
@@ -344,9 +361,10 @@ impl SuppressedState {
                     view.sending_observed = 0;
                     view.sending_declined = 0;
                     view.shedding_until = 0;
-                    view.reset_at = now + script::whole(reset_ms);
+                    view.reset_at = replied + script::whole(reset_ms);
                     let hard = limits.hard.max(0.0).floor() as u64;
-                    let accepted_after = (view.observed + view.reserved).saturating_sub(view.declined);
+                    let accepted_after =
+                        (view.observed + view.reserved).saturating_sub(view.declined);
                     let grant = Grant {
                         granted: script::whole(granted),
                         start,
@@ -356,8 +374,12 @@ impl SuppressedState {
                         reset_ms: script::whole(reset_ms),
                         remaining_after_waiting: 0,
                     };
-                    entry.leases.granted(request, &grant, now + self.policy.lease_ms);
-                    entry.leases.note_refusal(request, &grant, now, &self.policy);
+                    entry
+                        .leases
+                        .granted(request, &grant, now + self.policy.lease_ms);
+                    entry
+                        .leases
+                        .note_refusal(request, &grant, replied, &self.policy);
                     drop(view);
                     self.redis.metrics.leases(grant.granted, request.returned);
                     entry.service.finish(None);
@@ -433,10 +455,12 @@ impl SuppressedHybridRateLimiter {
     }
 
     fn count(&self, decision: RateLimitDecision, degraded: bool) -> RateLimitDecision {
-        self.state
-            .redis
-            .metrics
-            .decision(Provider::Hybrid, Strategy::Suppressed, &decision, degraded);
+        self.state.redis.metrics.decision(
+            Provider::Hybrid,
+            Strategy::Suppressed,
+            &decision,
+            degraded,
+        );
         decision
     }
 
@@ -622,7 +646,12 @@ impl SuppressedHybridRateLimiter {
     /// are pushed to Redis first (so its own recent admissions can be refunded), then Redis
     /// takes the units back.
     pub async fn refund(&self, key: &RedisKey, count: u64) -> Result<u64, TrypemaError> {
-        if let Some(entry) = self.state.entries.get(key.as_str()).map(|entry| entry.clone()) {
+        if let Some(entry) = self
+            .state
+            .entries
+            .get(key.as_str())
+            .map(|entry| entry.clone())
+        {
             self.task.ensure_started()?;
             let (deadline, limit) = super::deadline(&self.state.redis);
             let register = || entry.wanted.store(true, Ordering::Release);

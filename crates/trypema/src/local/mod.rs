@@ -42,7 +42,10 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub(crate) fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
-            absolute: Arc::new(AbsoluteLocalRateLimiter::new(settings.clone(), metrics.clone())),
+            absolute: Arc::new(AbsoluteLocalRateLimiter::new(
+                settings.clone(),
+                metrics.clone(),
+            )),
             suppressed: Arc::new(SuppressedLocalRateLimiter::new(settings, metrics)),
         }
     }

@@ -136,14 +136,25 @@ impl SuppressedLocalRateLimiter {
     ) -> (RateLimitDecision, T) {
         let settings = &self.settings;
         let now_ms = settings.clock.now_ms();
-        let outcome = self.store.update(
-            key,
-            || SuppressedEntry::new(settings, rate, now_ms),
-            |entry| {
-                let decision = entry.inc(settings, now_ms, rate, count);
-                (decision, then(entry, settings, now_ms))
-            },
-        );
+        let mut then = Some(then);
+        let mut decide = |entry: &mut SuppressedEntry| {
+            let decision = entry.inc(settings, now_ms, rate, count);
+            let then = then.take().expect("decided once");
+            (decision, then(entry, settings, now_ms))
+        };
+        let outcome = if count == 0 {
+            // A count of 0 records nothing, so it creates no state either.
+            self.store
+                .update_existing(key, &mut decide)
+                .unwrap_or_else(|| {
+                    let then = then.take().expect("decided once");
+                    let fresh = SuppressedEntry::new(settings, rate, now_ms);
+                    (RateLimitDecision::Allowed, then(&fresh, settings, now_ms))
+                })
+        } else {
+            self.store
+                .update(key, || SuppressedEntry::new(settings, rate, now_ms), decide)
+        };
         self.metrics
             .decision(Provider::Local, Strategy::Suppressed, &outcome.0, false);
         outcome
@@ -175,6 +186,8 @@ impl SuppressedLocalRateLimiter {
         let now_ms = self.settings.clock.now_ms();
         self.store
             .update_existing(key, |entry| {
+                // Units that already left the window cannot be taken back.
+                entry.window.evict(now_ms, self.settings.window_ms);
                 let refunded = entry.window.refund(count);
                 entry.window.evict(now_ms, self.settings.window_ms);
                 entry.shedding_valid_until_ms = 0;

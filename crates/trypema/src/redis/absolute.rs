@@ -88,7 +88,10 @@ impl AbsoluteRedisRateLimiter {
     ) -> Result<QuotaDecision, TrypemaError> {
         let settings = &self.context.settings;
         let capacity = settings.capacity(rate);
-        match self.call(key, self.args(mode::INC_QUOTA, capacity, count)).await {
+        match self
+            .call(key, self.args(mode::INC_QUOTA, capacity, count))
+            .await
+        {
             Ok(reply) => {
                 let [allowed, retry_after, remaining_after, limit, remaining, reset_ms] =
                     script::doubles::<6>(&reply)?;

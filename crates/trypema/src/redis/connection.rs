@@ -112,11 +112,23 @@ impl Connection {
         args: &[u8],
     ) -> Result<Value, TrypemaError> {
         let reply = self
-            .query(redis::cmd("EVALSHA").arg(&script.hash).arg(1).arg(key).arg(args))
+            .query(
+                redis::cmd("EVALSHA")
+                    .arg(&script.hash)
+                    .arg(1)
+                    .arg(key)
+                    .arg(args),
+            )
             .await;
         match reply {
             Err(error) if is_noscript(&error) => self
-                .query(redis::cmd("EVAL").arg(script.source).arg(1).arg(key).arg(args))
+                .query(
+                    redis::cmd("EVAL")
+                        .arg(script.source)
+                        .arg(1)
+                        .arg(key)
+                        .arg(args),
+                )
                 .await
                 .map_err(|error| classify(&error)),
             other => other.map_err(|error| classify(&error)),
@@ -208,7 +220,9 @@ impl SentinelConnection {
         if let Some(connection) = self.cached() {
             return Ok(connection);
         }
-        let connection = client.get_async_connection_with_config(&self.config).await?;
+        let connection = client
+            .get_async_connection_with_config(&self.config)
+            .await?;
         *self
             .current
             .lock()

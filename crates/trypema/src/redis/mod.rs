@@ -78,7 +78,8 @@ pub(crate) struct RedisContext {
     breaker: Breaker,
     /// On a cluster, one breaker per slot: a master that is down must not fail the keys of the
     /// others.
-    slot_breakers: std::sync::Mutex<std::collections::HashMap<redis::cluster_routing::Slot, Breaker>>,
+    slot_breakers:
+        std::sync::Mutex<std::collections::HashMap<redis::cluster_routing::Slot, Breaker>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Decides under `OnRedisError::Local`, with the rate scaled by `local_rate_factor`.
     fallback: LocalProvider,
@@ -155,11 +156,18 @@ impl RedisContext {
     async fn guarded<T>(
         &self,
         key: Option<&str>,
-        operation: impl FnOnce(Connection) -> futures_util::future::BoxFuture<'static, Result<T, TrypemaError>>,
+        operation: impl FnOnce(
+            Connection,
+        )
+            -> futures_util::future::BoxFuture<'static, Result<T, TrypemaError>>,
     ) -> Result<T, TrypemaError> {
         let connection = self.connection()?;
         let breaker = self.breaker_for(connection, key);
-        breaker.check(connection, self.timeout(), key.filter(|_| connection.is_cluster()))?;
+        breaker.check(
+            connection,
+            self.timeout(),
+            key.filter(|_| connection.is_cluster()),
+        )?;
         let started = Instant::now();
         let result = bounded(self.timeout(), operation(connection.clone())).await;
         self.metrics.round_trip(started.elapsed(), result.is_ok());
@@ -223,15 +231,21 @@ impl RedisContext {
     pub(crate) async fn verify(&self) -> Result<(), TrypemaError> {
         let probe = RedisKey::new("\u{0}trypema-probe")?;
         // The circuit breaker probes with PING after an outage; without it recovery would fail.
-        self.guarded(None, |connection| Box::pin(async move { connection.ping().await }))
-            .await?;
+        self.guarded(None, |connection| {
+            Box::pin(async move { connection.ping().await })
+        })
+        .await?;
         for (tag, script) in [
             (Tag::Absolute, &*connection::ABSOLUTE),
             (Tag::Suppressed, &*connection::SUPPRESSED),
         ] {
             let key = self.entity_key(probe.as_str(), tag);
-            self.eval(script, key.clone(), script::Args::with(&[script::PROBE]).into_bytes())
-                .await?;
+            self.eval(
+                script,
+                key.clone(),
+                script::Args::with(&[script::PROBE]).into_bytes(),
+            )
+            .await?;
             self.delete(key).await?;
         }
         Ok(())
