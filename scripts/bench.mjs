@@ -1,6 +1,9 @@
 // `npm run bench`: throughput of trypema against rate-limiter-flexible, in one run on this
-// machine, reported as ratios (absolute figures drift on shared machines). Then the Rust
-// benchmarks. Nothing here asserts: tests check behaviour, this prints figures.
+// machine, reported as ratios (absolute figures drift on shared machines); decision latency
+// with Redis down; then the Rust benchmarks (local vs governor, redis and hybrid on tokio and
+// smol, the worst-case script call). Nothing here asserts: tests check behaviour, this prints
+// figures. Related: scripts/bench-express.mjs (Express adapters) and scripts/bench-cluster.mjs
+// (Redis Cluster vs one node).
 import { spawnSync } from 'node:child_process'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
@@ -82,6 +85,7 @@ let localAbsoluteOps = 0
   const absolute = syncOpsPerSecond((key) => rl.local.absolute.inc(key, HUGE_RATE, 1), calls)
   localAbsoluteOps = absolute
   const suppressed = syncOpsPerSecond((key) => rl.local.suppressed.inc(key, HUGE_RATE, 1), calls)
+  const withQuota = syncOpsPerSecond((key) => rl.local.absolute.incWithQuota(key, HUGE_RATE, 1), calls / 5)
   await rl.close()
   const memory = new RateLimiterMemory({ points: 2 ** 31, duration: 10 })
   const flexible = await promiseOpsPerSecond((key) => memory.consume(key, 1), quick ? 300_000 : 1_000_000)
@@ -90,6 +94,7 @@ let localAbsoluteOps = 0
     ['', 'ops/s', 'ratio'],
     ['trypema rl.local.absolute.inc', fmt(absolute), (absolute / flexible).toFixed(2) + 'x'],
     ['trypema rl.local.suppressed.inc', fmt(suppressed), (suppressed / flexible).toFixed(2) + 'x'],
+    ['trypema rl.local.absolute.incWithQuota', fmt(withQuota), (withQuota / flexible).toFixed(2) + 'x'],
     ['rate-limiter-flexible RateLimiterMemory.consume', fmt(flexible), '1.00x'],
   ])
 }
@@ -116,16 +121,20 @@ if (process.env.TRYPEMA_BENCH_REDIS_URL === undefined && !redisServerInstalled()
     const suppressed = await evalshaMicros(admin, () =>
       loadTest((key) => rl.redis.suppressed.inc(key, HUGE_RATE, 1), { seconds, hotKey }),
     )
+    const withQuota = await evalshaMicros(admin, () =>
+      loadTest((key) => rl.redis.absolute.incWithQuota(key, HUGE_RATE, 1), { seconds, hotKey }),
+    )
     const row = (name, r) => [name, keys, fmt(r.ops), r.p50.toFixed(2), r.p99.toFixed(2), r.micros.toFixed(2), (r.ops / baseline.ops).toFixed(2) + 'x']
     rows.push(row('trypema rl.redis.absolute.inc', absolute))
     rows.push(row('trypema rl.redis.suppressed.inc', suppressed))
+    rows.push(row('trypema rl.redis.absolute.incWithQuota', withQuota))
     rows.push(row('rate-limiter-flexible RateLimiterRedis.consume', baseline))
   }
   console.log(`\nredis provider against one local redis-server (${seconds} s per row; ratio against rate-limiter-flexible)`)
   table(rows)
 
   // Hybrid: each call awaited, as a request handler would; leases warmed up first.
-  const hybridRows = [['1000 keys, each call awaited', 'ops/s', 'vs local absolute', 'EVALSHA+TIME per admitted']]
+  const hybridRows = [['1000 keys, each call awaited', 'ops/s', 'vs local absolute', 'EVALSHA per admitted']]
   for (const strategy of ['absolute', 'suppressed']) {
     const limiter = rl.hybrid[strategy]
     const deadline = performance.now() + 1500
@@ -141,7 +150,8 @@ if (process.env.TRYPEMA_BENCH_REDIS_URL === undefined && !redisServerInstalled()
     const ops = calls / ((performance.now() - started) / 1000)
     const stats = await admin.info('commandstats')
     const count = (name) => Number(new RegExp(`cmdstat_${name}:calls=(\\d+)`).exec(stats)?.[1] ?? 0)
-    const redisCalls = count('evalsha') + count('time')
+    // TIME is read inside the scripts; what the client sends is EVALSHA (EVAL after a flush).
+    const redisCalls = count('evalsha') + count('eval')
     hybridRows.push([`trypema rl.hybrid.${strategy}.inc`, fmt(ops), (ops / localAbsoluteOps).toFixed(2) + 'x', (redisCalls / admitted).toFixed(5)])
   }
   console.log('\nhybrid provider, Node (ratio against rl.local.absolute.inc above)')
@@ -149,6 +159,30 @@ if (process.env.TRYPEMA_BENCH_REDIS_URL === undefined && !redisServerInstalled()
   await rl.close()
   admin.disconnect()
   ioredis.disconnect()
+
+  // Decisions while Redis is down: the circuit breaker answers at once after the first failure.
+  const own = await startRedis()
+  const outageRows = [['redis-server killed', 'calls', 'p50 ms', 'p99 ms', 'max ms']]
+  for (const policy of ['reject', 'local']) {
+    const limiter = await RateLimiter.builder(own.url).onRedisError(policy).build()
+    await limiter.redis.absolute.inc('warm', HUGE_RATE)
+    await own.stop()
+    await limiter.redis.absolute.inc('first', HUGE_RATE).catch(() => {}) // the failure that opens the breaker
+    const latencies = []
+    for (let i = 0; i < 5000; i++) {
+      const t0 = performance.now()
+      await limiter.redis.absolute.inc(KEYS[i % 1000], HUGE_RATE).catch(() => {})
+      latencies.push(performance.now() - t0)
+    }
+    latencies.sort((a, b) => a - b)
+    const at = (q) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))].toFixed(3)
+    outageRows.push([`onRedisError '${policy}'`, latencies.length, at(0.5), at(0.99), latencies.at(-1).toFixed(3)])
+    await limiter.close()
+    await own.restart()
+  }
+  await own.stop()
+  console.log('\ndecision latency with Redis down (rl.redis.absolute.inc, after the first failure)')
+  table(outageRows)
 }
 
 // ---- Rust -----------------------------------------------------------------------------------
@@ -160,8 +194,15 @@ function cargoBench(args, env = {}) {
 if (!process.argv.includes('--no-rust')) {
   cargoBench(['-p', 'trypema', '--bench', 'local_vs_governor'])
   if (redis !== null) {
-    cargoBench(['-p', 'trypema', '--features', 'redis-tokio', '--bench', 'redis_throughput'], {
-      TRYPEMA_BENCH_REDIS_URL: redis.url,
+    for (const runtime of ['redis-tokio', 'redis-smol']) {
+      cargoBench(['-p', 'trypema', '--features', runtime, '--bench', 'redis_throughput'], {
+        TRYPEMA_BENCH_REDIS_URL: redis.url,
+      })
+    }
+    console.log('\n$ cargo run --release -p trypema --features redis-tokio --example worst_case')
+    spawnSync('cargo', ['run', '-q', '--release', '-p', 'trypema', '--features', 'redis-tokio', '--example', 'worst_case', '--', redis.url], {
+      cwd: root,
+      stdio: 'inherit',
     })
   }
 }

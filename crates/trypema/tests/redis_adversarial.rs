@@ -207,6 +207,7 @@ fn header(bytes: &[u8]) -> [f64; 11] {
 #[test]
 fn a_truncated_bucket_array_is_folded_into_the_newest_bucket_never_under_counted() {
     rt::run(async {
+        let _shared = support::shared().await;
         let url = redis_url();
         let prefix = unique("trunc");
         let k = key("k");
@@ -257,6 +258,7 @@ fn a_truncated_bucket_array_is_folded_into_the_newest_bucket_never_under_counted
 #[test]
 fn a_key_of_another_type_or_layout_is_rebuilt_without_an_error_loop() {
     rt::run(async {
+        let _shared = support::shared().await;
         let url = redis_url();
         let prefix = unique("damaged");
         let rl = limiter(&url, &prefix).await;
@@ -294,6 +296,7 @@ fn a_key_of_another_type_or_layout_is_rebuilt_without_an_error_loop() {
 #[test]
 fn a_header_total_below_its_buckets_never_goes_negative() {
     rt::run(async {
+        let _shared = support::shared().await;
         let url = redis_url();
         let prefix = unique("negative");
         let k = key("k");
@@ -338,9 +341,10 @@ fn a_header_total_below_its_buckets_never_goes_negative() {
 #[test]
 fn script_flushes_during_a_batch_never_run_a_give_back_twice() {
     rt::run(async {
+        let _shared = support::shared().await;
         let url = redis_url();
         let prefix = unique("noscript");
-        let rl = RateLimiter::builder(connect(&url).await)
+        let rl = RateLimiter::builder(patient(&url).await)
             .window_size_seconds(60)
             .redis_prefix(prefix.as_str())
             .build()

@@ -284,42 +284,33 @@ impl AbsoluteHybridRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<RateLimitDecision, TrypemaError> {
-        Ok(self.decide(key, rate, count).await?.0)
+        Ok(self.decide(key, rate, count).await?.decision())
     }
 
-    /// The decision, and the quota the outage policy decided with when it did (`None`: the
-    /// decision is the shared state's).
+    /// The decision, or the outage policy's (with the quota it was made with).
     async fn decide(
         &self,
         key: &RedisKey,
         rate: &RateLimit,
         count: u64,
-    ) -> Result<(RateLimitDecision, Option<Quota>), TrypemaError> {
+    ) -> Result<super::Outcome, TrypemaError> {
         if let Some(decision) = self.try_inc_locally(key.as_str(), count) {
-            return Ok((decision, None));
+            return Ok(super::Outcome::Shared(decision));
         }
         match self.inc_remotely(key, rate, count).await {
-            Ok(decision) => Ok((self.count(decision, false), None)),
-            Err(error) => {
-                let capacity = self.state.redis.settings().capacity(rate);
-                self.state
-                    .redis
-                    .on_outage(
-                        error,
-                        Provider::Hybrid,
-                        Strategy::Absolute,
-                        || (RateLimitDecision::Allowed, Quota::full(capacity as f64)),
-                        |local, factor| {
-                            let outcome = local.absolute().inc_with_quota(
-                                key.as_str(),
-                                &rate.scaled(factor),
-                                count,
-                            );
-                            (outcome.decision, outcome.quota)
-                        },
-                    )
-                    .map(|(decision, quota)| (self.count(decision, true), Some(quota)))
-            }
+            Ok(decision) => Ok(super::Outcome::Shared(self.count(decision, false))),
+            Err(error) => self
+                .state
+                .redis
+                .degrade(
+                    error,
+                    Provider::Hybrid,
+                    Strategy::Absolute,
+                    key.as_str(),
+                    rate,
+                    count,
+                )
+                .map(super::Outcome::Degraded),
         }
     }
 
@@ -371,14 +362,10 @@ impl AbsoluteHybridRateLimiter {
         rate: &RateLimit,
         count: u64,
     ) -> Result<QuotaDecision, TrypemaError> {
-        let (decision, policy_quota) = self.decide(key, rate, count).await?;
-        if let Some(quota) = policy_quota {
-            return Ok(QuotaDecision {
-                decision,
-                quota,
-                degraded: true,
-            });
-        }
+        let decision = match self.decide(key, rate, count).await? {
+            super::Outcome::Shared(decision) => decision,
+            super::Outcome::Degraded(outcome) => return Ok(outcome),
+        };
         let now = self.state.now_ms();
         let quota = match self.state.entries.get(key.as_str()) {
             Some(entry) => entry.quota(now),

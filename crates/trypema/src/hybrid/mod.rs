@@ -125,6 +125,21 @@ impl HybridProvider {
     }
 }
 
+/// How a hybrid call was decided: from the shared state, or by the outage policy.
+pub(crate) enum Outcome {
+    Shared(crate::RateLimitDecision),
+    Degraded(crate::QuotaDecision),
+}
+
+impl Outcome {
+    pub(crate) fn decision(&self) -> crate::RateLimitDecision {
+        match self {
+            Self::Shared(decision) => *decision,
+            Self::Degraded(outcome) => outcome.decision,
+        }
+    }
+}
+
 /// Leases last a twentieth of the window (long enough to serve many calls per round trip,
 /// short enough that their delayed release costs little), and at least four sync intervals so
 /// renewals, which happen at syncs, come before a lease ends.

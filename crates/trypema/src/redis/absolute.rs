@@ -62,20 +62,26 @@ impl AbsoluteRedisRateLimiter {
                 false,
             )),
             Err(error) => self
-                .context
-                .on_outage(
-                    error,
-                    Provider::Redis,
-                    Strategy::Absolute,
-                    || RateLimitDecision::Allowed,
-                    |local, factor| {
-                        local
-                            .absolute()
-                            .inc(key.as_str(), &rate.scaled(factor), count)
-                    },
-                )
-                .map(|decision| self.count(decision, true)),
+                .degrade(error, key, rate, count)
+                .map(|outcome| outcome.decision),
         }
+    }
+
+    fn degrade(
+        &self,
+        error: TrypemaError,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<QuotaDecision, TrypemaError> {
+        self.context.degrade(
+            error,
+            Provider::Redis,
+            Strategy::Absolute,
+            key.as_str(),
+            rate,
+            count,
+        )
     }
 
     /// Like [`Self::inc`], and also returns the key's quota after the call, in the same
@@ -87,9 +93,11 @@ impl AbsoluteRedisRateLimiter {
         count: u64,
     ) -> Result<QuotaDecision, TrypemaError> {
         let settings = &self.context.settings;
-        let capacity = settings.capacity(rate);
         match self
-            .call(key, self.args(mode::INC_QUOTA, capacity, count))
+            .call(
+                key,
+                self.args(mode::INC_QUOTA, settings.capacity(rate), count),
+            )
             .await
         {
             Ok(reply) => {
@@ -114,35 +122,7 @@ impl AbsoluteRedisRateLimiter {
                     degraded: false,
                 })
             }
-            Err(error) => self
-                .context
-                .on_outage(
-                    error,
-                    Provider::Redis,
-                    Strategy::Absolute,
-                    || QuotaDecision {
-                        decision: RateLimitDecision::Allowed,
-                        quota: Quota {
-                            limit: capacity as f64,
-                            remaining: capacity,
-                            reset_ms: 0,
-                        },
-                        degraded: true,
-                    },
-                    |local, factor| {
-                        let mut outcome = local.absolute().inc_with_quota(
-                            key.as_str(),
-                            &rate.scaled(factor),
-                            count,
-                        );
-                        outcome.degraded = true;
-                        outcome
-                    },
-                )
-                .map(|outcome| QuotaDecision {
-                    decision: self.count(outcome.decision, true),
-                    ..outcome
-                }),
+            Err(error) => self.degrade(error, key, rate, count),
         }
     }
 

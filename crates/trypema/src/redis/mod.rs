@@ -34,7 +34,7 @@ use crate::{
     limiter::Settings,
     local::LocalProvider,
     metrics::{Metrics, Provider, Strategy},
-    OnRedisError, TrypemaError,
+    OnRedisError, Quota, QuotaDecision, RateLimit, RateLimitDecision, TrypemaError,
 };
 
 /// `rl.redis()`: both strategies over one connection.
@@ -251,27 +251,54 @@ impl RedisContext {
         Ok(())
     }
 
-    /// What a call does when Redis is unreachable, by the outage policy: `Ok(None)` means
-    /// "fail with `error`"; otherwise the degraded outcome.
-    pub(crate) fn on_outage<T>(
+    /// What a call that could not reach Redis gets, by the outage policy: the error (`Reject`,
+    /// or an error that is not an outage), or a decision marked degraded, with the quota it was
+    /// made with (`Allow`: the whole limit; `Local`: the in-process limiter's, at
+    /// `rate × local_rate_factor`).
+    pub(crate) fn degrade(
         &self,
         error: TrypemaError,
         provider: Provider,
         strategy: Strategy,
-        allow: impl FnOnce() -> T,
-        local: impl FnOnce(&LocalProvider, f64) -> T,
-    ) -> Result<T, TrypemaError> {
+        key: &str,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<QuotaDecision, TrypemaError> {
         if !error.is_outage() {
             return Err(error);
         }
-        match self.settings.on_redis_error {
+        let outcome = match self.settings.on_redis_error {
             OnRedisError::Reject => {
                 self.metrics.error(provider, strategy);
-                Err(error)
+                return Err(error);
             }
-            OnRedisError::Allow => Ok(allow()),
-            OnRedisError::Local => Ok(local(&self.fallback, self.settings.local_rate_factor)),
-        }
+            OnRedisError::Allow => QuotaDecision {
+                decision: RateLimitDecision::Allowed,
+                quota: Quota::full(match strategy {
+                    Strategy::Absolute => self.settings.capacity(rate) as f64,
+                    Strategy::Suppressed => self.settings.suppression_limits(rate).soft,
+                }),
+                degraded: true,
+            },
+            OnRedisError::Local => {
+                let rate = rate.scaled(self.settings.local_rate_factor);
+                let outcome = match strategy {
+                    Strategy::Absolute => {
+                        self.fallback.absolute().inc_with_quota(key, &rate, count)
+                    }
+                    Strategy::Suppressed => {
+                        self.fallback.suppressed().inc_with_quota(key, &rate, count)
+                    }
+                };
+                QuotaDecision {
+                    degraded: true,
+                    ..outcome
+                }
+            }
+        };
+        self.metrics
+            .decision(provider, strategy, &outcome.decision, true);
+        Ok(outcome)
     }
 
     /// Whether the circuit breaker is open (Redis recently failed to answer).

@@ -71,20 +71,26 @@ impl SuppressedRedisRateLimiter {
         match self.call(key, mode::INC, rate.get(), count).await {
             Ok(reply) => Ok(self.count(script::suppressed_decision(script::int(&reply)?)?, false)),
             Err(error) => self
-                .context
-                .on_outage(
-                    error,
-                    Provider::Redis,
-                    Strategy::Suppressed,
-                    || RateLimitDecision::Allowed,
-                    |local, factor| {
-                        local
-                            .suppressed()
-                            .inc(key.as_str(), &rate.scaled(factor), count)
-                    },
-                )
-                .map(|decision| self.count(decision, true)),
+                .degrade(error, key, rate, count)
+                .map(|outcome| outcome.decision),
         }
+    }
+
+    fn degrade(
+        &self,
+        error: TrypemaError,
+        key: &RedisKey,
+        rate: &RateLimit,
+        count: u64,
+    ) -> Result<QuotaDecision, TrypemaError> {
+        self.context.degrade(
+            error,
+            Provider::Redis,
+            Strategy::Suppressed,
+            key.as_str(),
+            rate,
+            count,
+        )
     }
 
     /// Like [`Self::inc`], and also returns the key's quota after the call (`limit` is the soft
@@ -109,37 +115,7 @@ impl SuppressedRedisRateLimiter {
                     degraded: false,
                 })
             }
-            Err(error) => {
-                let soft = self.context.settings.suppression_limits(rate).soft;
-                self.context
-                    .on_outage(
-                        error,
-                        Provider::Redis,
-                        Strategy::Suppressed,
-                        || QuotaDecision {
-                            decision: RateLimitDecision::Allowed,
-                            quota: Quota {
-                                limit: soft,
-                                remaining: soft as u64,
-                                reset_ms: 0,
-                            },
-                            degraded: true,
-                        },
-                        |local, factor| {
-                            let mut outcome = local.suppressed().inc_with_quota(
-                                key.as_str(),
-                                &rate.scaled(factor),
-                                count,
-                            );
-                            outcome.degraded = true;
-                            outcome
-                        },
-                    )
-                    .map(|outcome| QuotaDecision {
-                        decision: self.count(outcome.decision, true),
-                        ..outcome
-                    })
-            }
+            Err(error) => self.degrade(error, key, rate, count),
         }
     }
 

@@ -38,6 +38,11 @@ pub async fn exclusive() -> RwLockWriteGuard<'static, ()> {
     SERVER.write().await
 }
 
+/// The shared hold on [`SERVER`], for tests that use the shared server without an [`Env`].
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    SERVER.read().await
+}
+
 /// Held shared by ordinary tests, exclusively by the load tests.
 static CPU: RwLock<()> = RwLock::const_new(());
 
