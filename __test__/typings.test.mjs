@@ -72,6 +72,8 @@ test('TrypemaErrorCode lists exactly the codes of the core error type', () => {
   for (const code of ['TRYPEMA_INTERNAL', 'TRYPEMA_REDIS_TIMEOUT', 'TRYPEMA_REDIS_AUTH', 'TRYPEMA_REDIS', 'TRYPEMA_CLOSED']) {
     assert.ok(declared.has(code), `${code} is missing from TrypemaErrorCode`)
   }
+  // The loader's own codes (thrown by require('trypema') itself, see platform.js).
+  for (const code of ['TRYPEMA_UNSUPPORTED_PLATFORM', 'TRYPEMA_NATIVE_LOAD_FAILED']) produced.add(code)
   assert.deepEqual([...declared].sort(), [...produced].sort())
 })
 
