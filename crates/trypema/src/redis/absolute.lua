@@ -21,15 +21,68 @@
 --                  (not hybrid leases). Reply as get, with the amount refunded first.
 --   inc_quota (6)  inc, replying doubles allowed (1/0), retry_after_ms, remaining_after_waiting,
 --                  capacity, remaining, reset_ms.
-local INC, CHECK, LEASE, GET, REFUND, INC_QUOTA = 1, 2, 3, 4, 5, 6
-local args = arguments()
-if args[1] == 7 then
-  return probe(KEYS[1])
+local INC, CHECK, LEASE, GET, REFUND, INC_QUOTA, PROBE = 1, 2, 3, 4, 5, 6, 7
+local ARGS = ARGV[1]
+if struct.unpack('<d', ARGS) == PROBE then
+  return window_library().probe(KEYS[1])
 end
-local mode, window_ms, group_ms, new_capacity, count, new_epoch =
-  args[1], args[2], args[3], args[4], args[5], args[6]
+local mode, window_ms, group_ms, new_capacity, count, new_epoch = struct.unpack('<dddddd', ARGS)
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local w = Window.open(KEYS[1], 2, 0, server_now())
+-- The common call, answered from the header alone (see window_library). Header: magic, clock,
+-- epoch, capacity, buckets, head, total, oldest {start, count}, newest {start, count}.
+if (mode == INC or mode == INC_QUOTA) and count > 0 then
+  local raw = redis.pcall('GETRANGE', KEYS[1], '0', '87')
+  if type(raw) == 'string' and #raw == 88 then
+    local magic, clock, epoch, capacity, n, head, total, old_start, old_count, new_start,
+      new_count = struct.unpack('<ddddddddddd', raw)
+    now = math.max(now, clock)
+    -- Nothing to evict: the oldest bucket is in the window and not empty.
+    if magic == MAGIC + 2 and n >= 1 and now - old_start <= window_ms and old_count ~= 0 then
+      local reset_ms = old_start + window_ms + 1 - now
+      if total + count > capacity then
+        -- Rejected: nothing changes.
+        local retry_after = count > capacity and window_ms or reset_ms
+        if mode == INC_QUOTA then
+          return struct.pack('<dddddd', 0, retry_after, total - old_count, capacity,
+            math.max(0, capacity - total), reset_ms)
+        end
+        return { retry_after, total - old_count }
+      end
+      local gap = math.max(now, new_start) - new_start
+      local join = gap == 0 or gap < group_ms
+      local buckets = join and n or n + 1
+      if buckets <= MAX_BUCKETS and not rewrites_array(head, n, buckets) then
+        if join then
+          new_count = new_count + count
+          if n == 1 then
+            old_count = new_count
+          end
+        else
+          if n >= 2 then
+            -- The newest bucket moves to the end of the array.
+            redis.call('SETRANGE', KEYS[1], 88 + (head + n - 2) * 16,
+              struct.pack('<dd', new_start, new_count))
+          end
+          new_start, new_count = now, count
+        end
+        redis.call('SETRANGE', KEYS[1], '0', struct.pack('<ddddddddddd', magic, now, epoch,
+          capacity, buckets, head, total + count, old_start, old_count, new_start, new_count))
+        if not join then
+          redis.call('PEXPIRE', KEYS[1], math.max(1, math.floor(window_ms + 1)))
+        end
+        if mode == INC_QUOTA then
+          return struct.pack('<dddddd', 1, 0, 0, capacity, capacity - total - count, reset_ms)
+        end
+        return -1
+      end
+    end
+  end
+end
+
+local Window = window_library()
+local w = Window.open(KEYS[1], 2, 0, now)
 w:evict(window_ms)
 local now = w.now
 local capacity = w.n > 0 and w.param or new_capacity
@@ -107,10 +160,10 @@ if mode == REFUND then
 end
 
 -- LEASE
-local lease_ms, need_min, need_total, extra = args[7], args[8], args[9], args[10]
-for i = 11, 16, 3 do
-  w:take_from(args[i], args[i + 1], 2, args[i + 2])
-end
+local lease_ms, need_min, need_total, extra, start_1, epoch_1, amount_1, start_2, epoch_2,
+  amount_2 = struct.unpack('<dddddddddd', ARGS, 49)
+w:take_from(start_1, epoch_1, 2, amount_1)
+w:take_from(start_2, epoch_2, 2, amount_2)
 w:evict(window_ms)
 if w.n == 0 then
   capacity = new_capacity

@@ -24,16 +24,88 @@
 --   refund (5)     take back up to `count` admitted units, newest first; reply as get with the
 --                  amount refunded first
 --   inc_quota (6)  inc, replying doubles decision (as inc), soft capacity, remaining, reset_ms
-local INC, FACTOR, LEASE, GET, REFUND, INC_QUOTA = 1, 2, 3, 4, 5, 6
-local args = arguments()
-if args[1] == 7 then
-  return probe(KEYS[1])
+local INC, FACTOR, LEASE, GET, REFUND, INC_QUOTA, PROBE = 1, 2, 3, 4, 5, 6, 7
+local ARGS = ARGV[1]
+if struct.unpack('<d', ARGS) == PROBE then
+  return window_library().probe(KEYS[1])
 end
 local mode, window_ms, group_ms, new_rate, count, new_epoch, hard_limit_factor, random, cache_ms =
-  args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8], args[9]
+  struct.unpack('<ddddddddd', ARGS)
 local window_seconds = window_ms / 1000
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local w = Window.open(KEYS[1], 4, 2, server_now())
+-- The common call, answered from the header alone (see window_library). Header: magic, clock,
+-- epoch, rate, buckets, head, totals {observed, declined, reserved}, oldest and newest buckets
+-- {start, observed, declined, reserved}, cached factor and until when it holds.
+if (mode == INC or mode == INC_QUOTA) and count > 0 then
+  local raw = redis.pcall('GETRANGE', KEYS[1], '0', '151')
+  if type(raw) == 'string' and #raw == 152 then
+    local magic, clock, epoch, rate, n, head, observed, declined, reserved,
+      old_start, old_observed, old_declined, old_reserved,
+      new_start, new_observed, new_declined, new_reserved,
+      cached_factor, cached_until = struct.unpack('<ddddddddddddddddddd', raw)
+    now = math.max(now, clock)
+    local soft = window_seconds * rate
+    local hard = soft * hard_limit_factor
+    local before = observed - declined + reserved
+    local over_soft = before + count > soft
+    -- The factor is known without reading the buckets (else factor() below computes it).
+    local factor_known = not over_soft or before + count > hard or before < soft
+      or now < cached_until
+    local gap = math.max(now, new_start) - new_start
+    local join = gap == 0 or gap < group_ms
+    local buckets = join and n or n + 1
+    -- Nothing to evict (the oldest bucket is in the window and not empty), and the change
+    -- fits the header and the end of the array.
+    if magic == MAGIC + 4 and n >= 1 and factor_known and now - old_start <= window_ms
+      and (old_observed ~= 0 or old_declined ~= 0 or old_reserved ~= 0)
+      and buckets <= MAX_BUCKETS and not rewrites_array(head, n, buckets) then
+      local result, declining = -1, 0
+      if over_soft then
+        local f, admitted = 1, false
+        if before + count <= hard then
+          f = before < soft and 0 or cached_factor
+          admitted = random >= f
+        end
+        if not admitted then
+          declining = count
+        end
+        result = math.floor(f * 2 ^ 40) * 2 + (admitted and 1 or 0)
+      end
+      observed, declined = observed + count, declined + declining
+      if join then
+        new_observed, new_declined = new_observed + count, new_declined + declining
+        if n == 1 then
+          old_observed, old_declined = new_observed, new_declined
+        end
+      else
+        if n >= 2 then
+          -- The newest bucket moves to the end of the array.
+          redis.call('SETRANGE', KEYS[1], 152 + (head + n - 2) * 32,
+            struct.pack('<dddd', new_start, new_observed, new_declined, new_reserved))
+        end
+        new_start, new_observed, new_declined, new_reserved = now, count, declining, 0
+      end
+      redis.call('SETRANGE', KEYS[1], '0', struct.pack('<ddddddddddddddddddd', magic, now, epoch,
+        rate, buckets, head, observed, declined, reserved, old_start, old_observed, old_declined,
+        old_reserved, new_start, new_observed, new_declined, new_reserved, cached_factor,
+        cached_until))
+      if not join then
+        redis.call('PEXPIRE', KEYS[1], math.max(1, math.floor(window_ms + 1)))
+      end
+      if mode == INC_QUOTA then
+        return struct.pack('<dddd', result, soft,
+          math.max(0, math.floor(soft - (observed - declined + reserved))),
+          old_start + window_ms + 1 - now)
+      end
+      return result
+    end
+  end
+end
+
+local Window = window_library()
+local w = Window.open(KEYS[1], 4, 2, now)
 w:evict(window_ms)
 local now = w.now
 local rate = w.n > 0 and w.param or new_rate
@@ -148,11 +220,10 @@ if mode == REFUND then
 end
 
 -- LEASE
-local lease_ms, need_min, need_total, extra, observed, declined =
-  args[10], args[11], args[12], args[13], args[14], args[15]
-for i = 16, 21, 3 do
-  w:take_from(args[i], args[i + 1], 4, args[i + 2])
-end
+local lease_ms, need_min, need_total, extra, observed, declined, start_1, epoch_1, amount_1,
+  start_2, epoch_2, amount_2 = struct.unpack('<dddddddddddd', ARGS, 73)
+w:take_from(start_1, epoch_1, 4, amount_1)
+w:take_from(start_2, epoch_2, 4, amount_2)
 w:evict(window_ms)
 if w.n == 0 then
   rate, soft, hard = new_rate, window_seconds * new_rate, window_seconds * new_rate * hard_limit_factor
