@@ -116,11 +116,14 @@ export interface LimiterOptions {
 
 export declare function localAbsoluteIsAllowed(handle: number, key: string): number
 
-/** `[limit, remaining, resetMs]` of `key`; records nothing. */
-export declare function localGet(handle: number, strategy: number, key: string, rate: number): Float64Array
+/** Writes `[limit, remaining, resetMs]` of `key` to `out`; records nothing. */
+export declare function localGet(handle: number, strategy: number, key: string, rate: number, out: Float64Array): void
 
-/** `strategy`: 0 absolute, 1 suppressed. */
-export declare function localIncWithQuota(handle: number, strategy: number, key: string, rate: number, count: number): Float64Array
+/**
+ * Writes `[encoded decision, limit, remaining, resetMs]` to `out` (decision encoded as for
+ * `localAbsoluteInc`). `strategy`: 0 absolute, 1 suppressed.
+ */
+export declare function localIncWithQuota(handle: number, strategy: number, key: string, rate: number, count: number, out: Float64Array): void
 
 export declare function localRefund(handle: number, strategy: number, key: string, count: number): number
 

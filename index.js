@@ -256,6 +256,9 @@ function localQuotaDecision(windowSizeSeconds, shape, numbers) {
   }
 }
 
+// The native local quota calls write their numbers here (reused: read before the next call).
+const localNumbers = new Float64Array(4)
+
 function localQuota(numbers) {
   return { limit: numbers[0], remaining: numbers[1], resetMs: numbers[2] }
 }
@@ -277,17 +280,18 @@ class LocalStrategy {
   incWithQuota(key, rate, count = 1) {
     checkInc(key, rate, count)
     checkKey(key)
-    const numbers = binding.localIncWithQuota(this.#handle, this.#strategy, key, rate, count)
+    binding.localIncWithQuota(this.#handle, this.#strategy, key, rate, count, localNumbers)
     return this.#strategy === 0
-      ? localQuotaDecision(this.#native.windowSizeSeconds, absoluteDecision, numbers)
-      : localQuotaDecision(0, (_, encoded) => suppressedDecision(encoded), numbers)
+      ? localQuotaDecision(this.#native.windowSizeSeconds, absoluteDecision, localNumbers)
+      : localQuotaDecision(0, (_, encoded) => suppressedDecision(encoded), localNumbers)
   }
 
   /** The key's quota (for a key without state, from `rate`); records nothing. */
   get(key, rate) {
     checkKey(key)
     expect('number', 'rate', rate)
-    return localQuota(binding.localGet(this.#handle, this.#strategy, key, rate))
+    binding.localGet(this.#handle, this.#strategy, key, rate, localNumbers)
+    return localQuota(localNumbers)
   }
 
   /** Takes back up to `count` recorded units of `key`, newest first; returns how many. */

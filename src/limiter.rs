@@ -11,9 +11,9 @@ use std::{
     sync::Arc,
 };
 
-use napi::bindgen_prelude::Float64Array;
+use napi::bindgen_prelude::Float64ArraySlice;
 use napi_derive::napi;
-use trypema::{metrics::MetricsSnapshot, Quota, QuotaDecision, RateLimiter, TrypemaError};
+use trypema::{metrics::MetricsSnapshot, Quota, RateLimiter, TrypemaError};
 
 use crate::{
     calls,
@@ -188,16 +188,26 @@ pub(crate) fn quota_numbers(quota: &Quota) -> [f64; 3] {
     [quota.limit, quota.remaining as f64, quota.reset_ms as f64]
 }
 
-/// `[encoded decision, limit, remaining, resetMs]` (decision encoded as for `localAbsoluteInc`).
-fn quota_decision(outcome: QuotaDecision) -> Float64Array {
-    let [limit, remaining, reset_ms] = quota_numbers(&outcome.quota);
-    Float64Array::new(vec![remember(outcome.decision), limit, remaining, reset_ms])
+/// Writes `numbers` to the front of `out`, a Float64Array the caller reuses: a new typed
+/// array per call would cost more than the decision itself.
+fn write_numbers(mut out: Float64ArraySlice, numbers: &[f64]) -> napi::Result<(), &'static str> {
+    // SAFETY: JavaScript cannot run while this synchronous call holds the slice.
+    let out = unsafe { out.as_mut() };
+    if out.len() < numbers.len() {
+        return Err(napi::Error::new(
+            "TypeError",
+            format!("the result array must hold {} numbers", numbers.len()),
+        ));
+    }
+    out[..numbers.len()].copy_from_slice(numbers);
+    Ok(())
 }
 
-/// `strategy`: 0 absolute, 1 suppressed.
+/// Writes `[encoded decision, limit, remaining, resetMs]` to `out` (decision encoded as for
+/// `localAbsoluteInc`). `strategy`: 0 absolute, 1 suppressed.
 #[napi(
     catch_unwind,
-    ts_args_type = "handle: number, strategy: number, key: string, rate: number, count: number"
+    ts_args_type = "handle: number, strategy: number, key: string, rate: number, count: number, out: Float64Array"
 )]
 pub fn local_inc_with_quota(
     handle: u32,
@@ -205,28 +215,35 @@ pub fn local_inc_with_quota(
     key: KeyArg,
     rate: f64,
     count: f64,
-) -> napi::Result<Float64Array, &'static str> {
+    out: Float64ArraySlice,
+) -> napi::Result<(), &'static str> {
     with_limiter(handle, |limiter| {
         let local = limiter.core.local();
         let (key, rate, count) = (key.local()?, convert::rate(rate)?, convert::count(count)?);
-        Ok(quota_decision(match strategy {
+        let outcome = match strategy {
             0 => local.absolute().inc_with_quota(key, &rate, count),
             _ => local.suppressed().inc_with_quota(key, &rate, count),
-        }))
+        };
+        let [limit, remaining, reset_ms] = quota_numbers(&outcome.quota);
+        write_numbers(
+            out,
+            &[remember(outcome.decision), limit, remaining, reset_ms],
+        )
     })
 }
 
-/// `[limit, remaining, resetMs]` of `key`; records nothing.
+/// Writes `[limit, remaining, resetMs]` of `key` to `out`; records nothing.
 #[napi(
     catch_unwind,
-    ts_args_type = "handle: number, strategy: number, key: string, rate: number"
+    ts_args_type = "handle: number, strategy: number, key: string, rate: number, out: Float64Array"
 )]
 pub fn local_get(
     handle: u32,
     strategy: u32,
     key: KeyArg,
     rate: f64,
-) -> napi::Result<Float64Array, &'static str> {
+    out: Float64ArraySlice,
+) -> napi::Result<(), &'static str> {
     with_limiter(handle, |limiter| {
         let local = limiter.core.local();
         let (key, rate) = (key.local()?, convert::rate(rate)?);
@@ -234,7 +251,7 @@ pub fn local_get(
             0 => local.absolute().get(key, &rate),
             _ => local.suppressed().get(key, &rate),
         };
-        Ok(Float64Array::new(quota_numbers(&quota).to_vec()))
+        write_numbers(out, &quota_numbers(&quota))
     })
 }
 

@@ -5,11 +5,12 @@
 //! Sizing rules, so that every capacity from 1 up behaves like the redis provider:
 //! - callers waiting for Redis get exactly what they asked for if it fits (per-call decisions
 //!   when quota is scarce), and a caller that cannot fit reserves nothing;
-//! - on top of that, `extra` follows demand: what this instance asked for (served or not)
-//!   since its last request, projected over one lease with 50% headroom, measured over at least
-//!   one lease period so a burst does not inflate it;
-//! - `extra` is at most `capacity / 16`, and Redis grants at most half of what is left, so
-//!   instances share fairly and a crash strands a bounded amount.
+//! - on top of that, `extra` follows demand: what this instance asked for (served or not),
+//!   measured over periods of at least one lease (so a burst counts once, and frequent
+//!   renewals do not shrink the estimate) and projected over one lease with 50% headroom;
+//! - the unused quota an instance holds at once beyond what waiting callers asked for (both
+//!   leases together) is at most `capacity / 16`, and Redis grants at most half of what is
+//!   left, so instances share fairly and a crash strands a bounded amount.
 //!
 //! A lease is recorded in Redis in a bucket that starts when the lease ends (so whatever is
 //! admitted under it stays counted at least a full window) and is used locally only until it
@@ -151,8 +152,13 @@ pub(crate) struct Leases {
     book: Mutex<[SlotBook; 2]>,
     need_total: AtomicU64,
     need_min: AtomicU64,
+    /// What callers ever asked of this key (first attempts), and its value when the running
+    /// demand period began (at `demand_since`).
     demand: AtomicU64,
+    period_start_demand: AtomicU64,
     demand_since: AtomicU64,
+    /// Demand per lease period over the last complete period (at least a lease long).
+    period_demand: AtomicU64,
     newest_grant: AtomicU64,
     renew_early: AtomicBool,
     refusal: Refusal,
@@ -326,6 +332,9 @@ impl Leases {
         } else {
             1
         };
+        // A lease about to end is renewed if it was used: a key called about once a lease
+        // keeps a live lease instead of waiting for Redis on every call. (A key called once
+        // gets one renewal, which is not used and so not renewed.)
         let ending = !free[newest] && {
             let slot = &self.slots[newest];
             let used =
@@ -345,16 +354,12 @@ impl Leases {
                 self.close_slot(target, &mut book[target], &mut request, policy.release_used);
             }
             let holding = self.available(now_ms);
-            let since = self.demand_since.swap(now_ms, Ordering::AcqRel);
-            let demand = self.demand.swap(0, Ordering::AcqRel);
-            let elapsed = now_ms.saturating_sub(since).max(policy.lease_ms).max(1);
-            // Demand over one lease, plus half again.
-            let projected = (u128::from(demand) * u128::from(policy.lease_ms) * 3)
-                .div_ceil(2 * u128::from(elapsed))
-                .min(u128::from(u64::MAX)) as u64;
+            let projected = self.projected_demand(now_ms, policy.lease_ms);
+            // Unused quota held at once (both leases) stays within a sixteenth of the capacity
+            // beyond what waiting callers asked for: that is what a crash can strand.
             request.extra = projected
                 .saturating_sub(holding.saturating_add(need_total))
-                .min(capacity / 16);
+                .min((capacity / 16).saturating_sub(holding));
             request.need_total = need_total;
             request.need_min = if need_min == NO_NEED { 0 } else { need_min };
             if need_total > 0 || request.extra > 0 {
@@ -387,6 +392,28 @@ impl Leases {
             }
         }
         Some(request)
+    }
+
+    /// Demand over the next lease, with half again as headroom: the larger of the last complete
+    /// period's rate and the running period's count spread over at least a lease (so a burst
+    /// counts once, not as a rate). Periods last at least a lease, however often this runs:
+    /// measured over one sync interval, a steady demand would look a lease/interval times
+    /// smaller. Called with the book locked.
+    fn projected_demand(&self, now_ms: u64, lease_ms: u64) -> u64 {
+        let lease_ms = u128::from(lease_ms.max(1));
+        let elapsed = u128::from(now_ms.saturating_sub(self.demand_since.load(Ordering::Acquire)));
+        let total = self.demand.load(Ordering::Acquire);
+        let demand =
+            u128::from(total.saturating_sub(self.period_start_demand.load(Ordering::Acquire)));
+        let running = demand * lease_ms / elapsed.max(lease_ms);
+        if elapsed >= lease_ms {
+            self.period_start_demand.store(total, Ordering::Release);
+            self.demand_since.store(now_ms, Ordering::Release);
+            let per_lease = (demand * lease_ms / elapsed).min(u128::from(u64::MAX)) as u64;
+            self.period_demand.store(per_lease, Ordering::Release);
+        }
+        let per_lease = running.max(u128::from(self.period_demand.load(Ordering::Acquire)));
+        (per_lease * 3).div_ceil(2).min(u128::from(u64::MAX)) as u64
     }
 
     /// Ends slot `index`: gives its unused quota back in `request` and, with `release_used`

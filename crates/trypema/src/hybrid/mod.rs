@@ -150,7 +150,9 @@ fn lease_policy(context: &RedisContext) -> LeasePolicy {
         .min(settings.window_ms);
     LeasePolicy {
         lease_ms,
-        renew_margin_ms: 2 * settings.sync_interval_ms,
+        // Renewed while a quarter is left: a round that carries many keys can take several
+        // intervals, and a lease that ends before its successor arrives makes callers wait.
+        renew_margin_ms: (2 * settings.sync_interval_ms).max(lease_ms / 4),
         refusal_ms: (lease_ms / 4).max(settings.sync_interval_ms),
         min_refusal_ms: settings.sync_interval_ms.min(lease_ms / 4).max(1),
         release_used: false,

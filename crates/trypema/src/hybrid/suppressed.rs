@@ -21,9 +21,6 @@ use crate::{
     Quota, QuotaDecision, RateLimit, RateLimitDecision, TrypemaError,
 };
 
-/// Pushes a key far below its soft capacity may skip in a row.
-const SKIPPABLE_SYNCS: u32 = 9;
-
 /// Suppressed strategy, hybrid: the factor is computed locally on the shared window totals,
 /// which are pushed to and read from Redis every sync interval; every admission comes from a
 /// lease of admissions reserved in Redis under the hard ceiling.
@@ -38,6 +35,8 @@ pub(crate) struct SuppressedState {
     signal: Arc<SyncSignal>,
     entries: DashMap<Box<str>, Arc<SharedEntry>, ahash::RandomState>,
     policy: LeasePolicy,
+    /// Local clock (ms) when the last sync round that Redis answered was sent.
+    answered_at: AtomicU64,
 }
 
 struct SharedEntry {
@@ -67,7 +66,6 @@ struct SharedView {
     sending_declined: u64,
     cached_shedding: f64,
     shedding_until: u64,
-    skipped: u32,
     /// Local clock (ms) when the oldest bucket leaves the window, as of the last sync.
     reset_at: u64,
 }
@@ -88,7 +86,6 @@ impl SharedView {
             sending_declined: 0,
             cached_shedding: 0.0,
             shedding_until: 0,
-            skipped: 0,
             reset_at: 0,
         }
     }
@@ -157,7 +154,10 @@ impl SharedEntry {
         first_attempt: bool,
     ) -> Option<RateLimitDecision> {
         let mut view = self.lock();
-        let limits = state.usable(&view, now)?;
+        let (limits, stale) = state.usable(&view, now)?;
+        if stale {
+            self.wanted.store(true, Ordering::Release);
+        }
         let accepted = view.accepted(self.leases.available(now));
         let after = accepted.saturating_add(count) as f64;
         let cache_ms = state.redis.settings().suppression_cache_ms;
@@ -248,6 +248,7 @@ impl SuppressedState {
                 release_used: true,
                 ..policy
             },
+            answered_at: AtomicU64::new(0),
         }
     }
 
@@ -255,11 +256,22 @@ impl SuppressedState {
         self.redis.settings().clock.now_ms()
     }
 
-    /// A view older than a lease period is not used: the shared totals may have moved on, and
-    /// with Redis unreachable calls then fail instead of deciding on stale totals.
-    fn usable(&self, view: &SharedView, now: u64) -> Option<SuppressionLimits> {
+    /// The view's limits if it may decide. A view is refreshed by every push, so one older
+    /// than a lease period belongs to a key called less often than that: it still decides
+    /// (and `stale` asks the next round to refresh it) while Redis keeps answering (a round
+    /// sent less than a lease period ago was answered), for at most a window. Otherwise the
+    /// call goes to Redis, so that with Redis unreachable calls fail instead of deciding on
+    /// stale totals.
+    fn usable(&self, view: &SharedView, now: u64) -> Option<(SuppressionLimits, bool)> {
         let limits = view.limits?;
-        (now.saturating_sub(view.synced_at) < self.policy.lease_ms).then_some(limits)
+        let lease_ms = self.policy.lease_ms;
+        let age = now.saturating_sub(view.synced_at);
+        if age < lease_ms {
+            return Some((limits, false));
+        }
+        let answering = now.saturating_sub(self.answered_at.load(Ordering::Acquire)) < lease_ms
+            && !self.redis.is_degraded();
+        (answering && age < self.redis.settings().window_ms).then_some((limits, true))
     }
 
     fn args(&self, view: &SharedView, request: &LeaseRequest) -> Vec<u8> {
@@ -297,23 +309,19 @@ impl SuppressedState {
             request
         } else {
             // Far below the soft capacity no decision depends on the other instances yet, so
-            // such a key pushes its counts only every tenth interval (while its view stays
-            // fresh enough to be used).
+            // such a key pushes its counts only when its view nears half a lease in age (it
+            // stays fresh enough to be used).
+            let interval = self.redis.settings().sync_interval_ms;
+            let age = now.saturating_sub(view.synced_at);
             let far_below = view.limits.is_some_and(|limits| {
                 (view.accepted(entry.leases.available(now)) as f64) < limits.soft / 2.0
-            }) && now.saturating_sub(view.synced_at)
-                + 2 * self.redis.settings().sync_interval_ms
-                < self.policy.lease_ms / 2;
-            let report = wanted || (has_pending && !(far_below && view.skipped < SKIPPABLE_SYNCS));
-            if has_pending && !report {
-                view.skipped += 1;
-            }
+            }) && age + 2 * interval < self.policy.lease_ms / 2;
+            let report = wanted || (has_pending && !far_below);
             entry.leases.plan(now, hard, &self.policy, report)?
         };
         if closing && !has_pending && request.give_backs.iter().all(|give| give.amount == 0) {
             return None;
         }
-        view.skipped = 0;
         view.sending_observed = view.pending_observed;
         view.sending_declined = view.pending_declined;
         view.pending_observed = 0;
@@ -331,6 +339,9 @@ impl SuppressedState {
             .map(|(key, _, _, args)| (self.redis.entity_key(key, Tag::Suppressed), args.clone()))
             .collect();
         let results = self.redis.eval_batch(&SUPPRESSED, calls).await;
+        if results.is_ok() {
+            self.answered_at.fetch_max(now, Ordering::AcqRel);
+        }
         let settings = self.redis.settings();
         let replied = self.now_ms();
         for (index, (_, entry, request, _)) in work.iter().enumerate() {
@@ -610,7 +621,7 @@ impl SuppressedHybridRateLimiter {
         let now = self.state.now_ms();
         if let Some(entry) = self.state.entries.get(key.as_str()) {
             let mut view = entry.lock();
-            if let Some(limits) = self.state.usable(&view, now) {
+            if let Some((limits, _)) = self.state.usable(&view, now) {
                 let accepted = view.accepted(entry.leases.available(now));
                 let cache_ms = self.state.redis.settings().suppression_cache_ms;
                 return Ok(view.factor(&limits, accepted, now, cache_ms));

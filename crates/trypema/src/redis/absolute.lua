@@ -138,25 +138,17 @@ if mode == GET then
 end
 
 if mode == REFUND then
-  local left = count
-  w:newest_first(function(bucket)
+  local refunded = w:take_back(count, function(bucket)
     -- A bucket that starts in the future is a hybrid lease: its units may still be admitted
     -- by the instance holding it, so only that instance may take them back.
     if bucket[1] > now then
-      return false, false
+      return 0
     end
-    local taken = math.min(left, bucket[2])
-    if taken <= 0 then
-      return false, left <= 0
-    end
-    bucket[2] = bucket[2] - taken
-    w.sum[1] = w.sum[1] - taken
-    left = left - taken
-    return true, left <= 0
+    return bucket[2]
   end)
   w:evict(window_ms)
   w:save(window_ms)
-  return quota(count - left, 0, 0)
+  return quota(refunded, 0, 0)
 end
 
 -- LEASE

@@ -203,20 +203,13 @@ if mode == GET then
 end
 
 if mode == REFUND then
-  local left = count
-  w:newest_first(function(bucket)
-    local taken = math.min(left, bucket[2] - bucket[3])
-    if taken <= 0 then
-      return false, left <= 0
-    end
-    bucket[2] = bucket[2] - taken
-    w.sum[1] = w.sum[1] - taken
-    left = left - taken
-    return true, left <= 0
+  -- Only admitted units (observed and not declined) can be taken back.
+  local refunded = w:take_back(count, function(bucket)
+    return bucket[2] - bucket[3]
   end)
   w:evict(window_ms)
   w:save(window_ms)
-  return quota(count - left)
+  return quota(refunded)
 end
 
 -- LEASE

@@ -433,6 +433,23 @@ local function window_library()
     end
   end
 
+  -- Takes back up to `count` units of the first counter, newest bucket first; `takeable(bucket)`
+  -- says how many of a bucket's units may be taken. Returns the amount taken back.
+  function Window:take_back(count, takeable)
+    local left = count
+    self:newest_first(function(bucket)
+      local taken = math.min(left, takeable(bucket))
+      if taken <= 0 then
+        return false, left <= 0
+      end
+      bucket[2] = bucket[2] - taken
+      self.sum[1] = self.sum[1] - taken
+      left = left - taken
+      return true, left <= 0
+    end)
+    return count - left
+  end
+
   -- Runs every command the scripts use once, on `key`, so that `build()` can tell a missing ACL
   -- permission from a working setup before the first real call.
   function Window.probe(key)
