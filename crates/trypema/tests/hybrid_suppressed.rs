@@ -444,12 +444,18 @@ fn redis_going_away_and_coming_back() {
         })
         .await;
         let warm = key("warm");
-        let r = rate(20.0); // S = 200, H = 300: leases up to 18 beyond what callers wait for
-                            // 100, then 50: the second lease is 50 + 18 (1.5 × 50, capped at H / 16).
+        // S = 200, H = 300: an instance holds at most H / 16 = 18 unused units at once.
+        let r = rate(20.0);
         assert_eq!(
             rl.hybrid().suppressed().inc(&warm, &r, 100).await.unwrap(),
             RateLimitDecision::Allowed
         );
+        // The call of 100 leaves its lease empty, so a renewal of 18 follows at once. Once
+        // that ends and gives its units back, the lease serving the call of 50 is the one
+        // holding the spare units (50 + 18) when the server dies. (Were the 18 still held, the
+        // cap would leave the lease for 50 with none to spare, and the 18 would end a lease
+        // after the first call, sooner than this test's bounds assume.)
+        rt::sleep(lease + Duration::from_millis(100)).await;
         let (decision, synced) = timed(rl.hybrid().suppressed().inc(&warm, &r, 50)).await;
         assert_eq!(decision.unwrap(), RateLimitDecision::Allowed);
 

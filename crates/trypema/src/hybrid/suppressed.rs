@@ -154,7 +154,14 @@ impl SharedEntry {
         first_attempt: bool,
     ) -> Option<RateLimitDecision> {
         let mut view = self.lock();
-        let (limits, stale) = state.usable(&view, now)?;
+        let Some((limits, stale)) = state.usable(&view, now) else {
+            // Counted even though Redis decides: a key new or called less often than a lease
+            // still sizes its next lease by what it was asked for.
+            if first_attempt && count > 0 {
+                self.leases.note_demand(count);
+            }
+            return None;
+        };
         if stale {
             self.wanted.store(true, Ordering::Release);
         }
