@@ -44,13 +44,29 @@ async fn server_ms(redis: &mut ConnectionManager) -> f64 {
     (seconds * 1000 + micros / 1000) as f64
 }
 
-async fn eval(redis: &mut ConnectionManager, script: &str, key: &str, args: &[f64]) -> Value {
-    redis::cmd("EVAL")
-        .arg(script)
-        .arg(1)
-        .arg(key)
-        .arg(pack(args))
-        .query_async(redis)
+/// Runs `script` on `key` at virtual server time `now` (`None`: the real one), and reads back
+/// the stored bytes and expiry, all in one transaction: the script sets an expiry by virtual
+/// time that real time would reach, maybe between two steps or between the two keys' calls, so
+/// the key is made persistent in the same transaction, before Redis can expire it.
+async fn step(
+    redis: &mut ConnectionManager,
+    script: &str,
+    key: &str,
+    now: Option<f64>,
+    args: &[f64],
+) -> (Value, Option<Vec<u8>>, i64) {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if let Some(now) = now {
+        pipe.cmd("SETRANGE")
+            .arg(key)
+            .arg(8)
+            .arg(now.to_le_bytes().as_slice())
+            .ignore();
+    }
+    pipe.cmd("EVAL").arg(script).arg(1).arg(key).arg(pack(args));
+    pipe.get(key).pttl(key).cmd("PERSIST").arg(key).ignore();
+    pipe.query_async(redis)
         .await
         .unwrap_or_else(|error| panic!("script on {key} with {args:?}: {error:?}"))
 }
@@ -157,10 +173,11 @@ async fn compare(strategy: &str, suppressed: bool, seed: u64) -> (u64, u64) {
         let tag = unique("fast-path");
         let (a, b) = (format!("{{{tag}}}:fast"), format!("{{{tag}}}:slow"));
         // Virtual server time, set as both entities' clocks before each call so that both
-        // scripts run at the same `now` (a script takes the later of TIME and the clock).
+        // scripts run at the same `now` (a script takes the later of TIME and the clock, and
+        // the virtual time runs ahead of the real one).
         let mut now = server_ms(&mut redis).await + 2000.0;
         let mut last_lease = None;
-        for step in 0..400 {
+        for index in 0..400 {
             let args = case.call(&mut rng, last_lease);
             let exists: bool = redis::cmd("EXISTS")
                 .arg(&a)
@@ -170,7 +187,7 @@ async fn compare(strategy: &str, suppressed: bool, seed: u64) -> (u64, u64) {
             if !exists {
                 // A new entity starts at the real server time: create it once and copy it.
                 now = server_ms(&mut redis).await + 2000.0;
-                eval(&mut redis, &slow, &a, &args).await;
+                step(&mut redis, &slow, &a, None, &args).await;
                 let _: Value = redis::cmd("COPY")
                     .arg(&a)
                     .arg(&b)
@@ -187,47 +204,21 @@ async fn compare(strategy: &str, suppressed: bool, seed: u64) -> (u64, u64) {
                 _ => rng.random_range(0.0..case.window_ms * 1.5).floor(),
             }
             .floor();
-            // Without expiry while the test runs (real time would expire the keys, maybe one
-            // of them between the two calls); each call's own PEXPIRE is compared below.
-            for key in [&a, &b] {
-                let _: Value = redis::pipe()
-                    .cmd("SETRANGE")
-                    .arg(key)
-                    .arg(8)
-                    .arg(now.to_le_bytes().as_slice())
-                    .cmd("PERSIST")
-                    .arg(key)
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap();
-            }
-            let fast_reply = eval(&mut redis, &fast, &a, &args).await;
-            let slow_reply = eval(&mut redis, &slow, &b, &args).await;
+            let (fast_reply, stored_a, ttl_a) = step(&mut redis, &fast, &a, Some(now), &args).await;
+            let (slow_reply, stored_b, ttl_b) = step(&mut redis, &slow, &b, Some(now), &args).await;
             calls += 1;
-            let context = || format!("seed {seed}, step {step}, args {args:?}");
+            let context = || format!("seed {seed}, step {index}, args {args:?}");
             assert_eq!(fast_reply, slow_reply, "replies differ: {}", context());
-            if args[0] == 3.0 {
-                let reply = doubles(&fast_reply);
-                last_lease = Some((reply[1], reply[2], reply[0]));
-            }
-            let (stored_a, ttl_a): (Option<Vec<u8>>, i64) = redis::pipe()
-                .get(&a)
-                .pttl(&a)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            let (stored_b, ttl_b): (Option<Vec<u8>>, i64) = redis::pipe()
-                .get(&b)
-                .pttl(&b)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
             assert_eq!(stored_a, stored_b, "stored state differs: {}", context());
             assert!(
                 (ttl_a - ttl_b).abs() <= 50,
                 "expiry {ttl_a} vs {ttl_b}: {}",
                 context()
             );
+            if args[0] == 3.0 {
+                let reply = doubles(&fast_reply);
+                last_lease = Some((reply[1], reply[2], reply[0]));
+            }
         }
         let _: Value = redis::cmd("DEL")
             .arg(&a)
