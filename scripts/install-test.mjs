@@ -591,6 +591,17 @@ export async function installChecks(ctx) {
     return `main: ${main.length} files, platform: ${platform.length} files`
   })
 
+  await check('the packed README links only to packed files or absolute URLs', async () => {
+    const files = readTarball(tarballs.main)
+    const readme = files['package/README.md']?.toString('utf8')
+    assert(readme, 'README.md is not in the main package')
+    const targets = [...readme.matchAll(/\]\(([^)\s]+)\)|<img[^>]*\ssrc="([^"]+)"/g)].map((m) => m[1] ?? m[2])
+    const relative = targets.filter((target) => !/^(https?:|mailto:|#)/.test(target))
+    const missing = relative.filter((target) => !(`package/${target.split('#')[0]}` in files))
+    assert(missing.length === 0, `README links to files the package does not ship: ${missing.join(', ')}`)
+    return `${targets.length} links, ${relative.length} relative`
+  })
+
   await check('express and the typings for the TypeScript consumer are copied in (no registry)', async () => {
     const count = copyFromRepo(project, ['express', '@types/express', '@types/node'])
     writeConsumers(project)
