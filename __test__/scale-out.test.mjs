@@ -110,7 +110,10 @@ function checkRecovery(reports, { killedAt, promotedAt, stoppedAt, keys, quietMs
   const errors = errorsOf(reports)
   const messages = [...new Set(reports.flatMap((report) => report.messages))]
   assert.ok(outcomes.length > 0, 'the callers made calls')
-  const early = errors.filter(([start]) => start < killedAt)
+  // A call may fail only if it was still in flight at the kill: it ended after the kill and
+  // was sent shortly before it (before the kill a call answers within milliseconds; 500 ms is
+  // for a loaded 2-core machine). Such a call can take the whole command timeout.
+  const early = errors.filter(([start, end]) => start < killedAt && (end < killedAt || killedAt - start > 500))
   assert.deepEqual(early, [], `no errors before the kill: ${JSON.stringify(early.slice(0, 5))}`)
   const codes = new Set(errors.map(([, , , code]) => code))
   for (const code of codes) {

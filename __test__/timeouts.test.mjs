@@ -337,8 +337,15 @@ describe('hybrid calls during a stall each settle within commandTimeoutMs of the
       await within(bound + SLACK_MS + 5000, Promise.all([...first, ...second].map((e) => e.done)), 'hybrid calls during the stall')
       for (const e of first) assertTimeoutError(e, bound)
       for (const e of second) {
-        // Their own round runs once the stalled one has timed out and opened the circuit.
-        assert.equal(e.error?.code, 'TRYPEMA_REDIS', `${e.name}: ${e.error?.message ?? JSON.stringify(e.value)}`)
+        // Their own round runs once the stalled one has timed out and opened the circuit
+        // (TRYPEMA_REDIS: nothing sent). A call on a key that the stalled round carried anyway
+        // (the warm suppressed key pushing its counts) settles with that round instead, as
+        // TRYPEMA_REDIS_TIMEOUT ("may have been counted", which stays true of a call that was
+        // not): either way a failure, within its own bound.
+        assert.ok(
+          ['TRYPEMA_REDIS', 'TRYPEMA_REDIS_TIMEOUT'].includes(e.error?.code),
+          `${e.name}: ${e.error?.code} ${e.error?.message ?? JSON.stringify(e.value)}`,
+        )
         assert.ok(e.at <= bound + SLACK_MS, `${e.name} settled ${e.at.toFixed(1)} ms after it started`)
         assert.ok(e.t0 - t0 + e.at <= bound + SLACK_MS, `${e.name} settled ${(e.t0 - t0 + e.at).toFixed(1)} ms into the stall`)
       }
