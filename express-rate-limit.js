@@ -116,7 +116,10 @@ class TrypemaStore {
     if (!recorded) totalHits += 1
     return {
       totalHits: Math.max(1, totalHits),
-      resetTime: new Date(now + (quota.resetMs > 0 ? quota.resetMs : this.#windowMs)),
+      // A hit made now leaves the window W·1000 + 1 ms later (a bucket counts while its start
+      // is at most W·1000 ms old); reported as at most the window, as trypema/express does, so
+      // express-rate-limit never rounds it up to a reset one second longer than its window.
+      resetTime: new Date(now + (quota.resetMs > 0 ? Math.min(quota.resetMs, this.#windowMs) : this.#windowMs)),
     }
   }
 
