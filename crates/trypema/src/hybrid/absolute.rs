@@ -32,6 +32,9 @@ pub(crate) struct AbsoluteState {
     signal: Arc<SyncSignal>,
     entries: DashMap<Box<str>, Arc<LeaseEntry>, ahash::RandomState>,
     policy: LeasePolicy,
+    /// Held by a sync round from planning to handing out its answers, and by `flush`: a
+    /// lease a round still in flight hands out is in the books before `flush` plans.
+    round: tokio::sync::Mutex<()>,
 }
 
 struct LeaseEntry {
@@ -104,6 +107,7 @@ impl AbsoluteState {
             signal,
             entries: DashMap::with_hasher(ahash::RandomState::new()),
             policy,
+            round: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -200,6 +204,7 @@ impl AbsoluteState {
     /// For every key that needs it: gives back what ended leases did not use and opens the
     /// next lease (callers wait, the quota runs low, or the lease in use is about to end).
     pub(crate) async fn sync(&self) {
+        let _round = self.round.lock().await;
         let now = self.now_ms();
         // While Redis is known to be down, nothing is planned (a give-back prepared now would be
         // lost); callers waiting for Redis get the outage error at once.
@@ -227,6 +232,7 @@ impl AbsoluteState {
 
     /// Gives back every lease's unused quota (close).
     pub(crate) async fn flush(&self) -> Result<(), TrypemaError> {
+        let _round = self.round.lock().await;
         let now = self.now_ms();
         let mut work = Vec::new();
         for item in self.entries.iter() {

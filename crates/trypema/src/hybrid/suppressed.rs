@@ -37,6 +37,9 @@ pub(crate) struct SuppressedState {
     policy: LeasePolicy,
     /// Local clock (ms) when the last sync round that Redis answered was sent.
     answered_at: AtomicU64,
+    /// Held by a sync round from planning to handing out its answers, and by `flush`: a
+    /// lease a round still in flight hands out is in the books before `flush` plans.
+    round: tokio::sync::Mutex<()>,
 }
 
 struct SharedEntry {
@@ -256,6 +259,7 @@ impl SuppressedState {
                 ..policy
             },
             answered_at: AtomicU64::new(0),
+            round: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -420,6 +424,7 @@ impl SuppressedState {
     /// Pushes every key's new counts, settles its leases and reads back the window totals, in
     /// one round trip.
     pub(crate) async fn sync(&self) {
+        let _round = self.round.lock().await;
         let now = self.now_ms();
         // While Redis is known to be down, counts stay pending (they are pushed once it is back)
         // and callers waiting for Redis get the outage error at once.
@@ -445,6 +450,7 @@ impl SuppressedState {
 
     /// Pushes pending counts and gives back every lease (close).
     pub(crate) async fn flush(&self) -> Result<(), TrypemaError> {
+        let _round = self.round.lock().await;
         let now = self.now_ms();
         let mut work = Vec::new();
         for item in self.entries.iter() {
