@@ -313,6 +313,7 @@ fn rust_and_node_share_one_limit_on_the_cluster() {
     );
     let mut stdin = node.stdin.take().unwrap();
 
+    let checker_prefix = prefix.clone();
     let rust_allowed = rt::run(async move {
         let limiter = limiter(&prefix, 10).await;
         let shared = key("shared");
@@ -320,26 +321,31 @@ fn rust_and_node_share_one_limit_on_the_cluster() {
         // Release Node, then call from Rust at the same time.
         std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
         let allowed = admitted(&limiter, Provider::Redis, &shared, &limit, 300, 20).await;
-        let quota = limiter
-            .redis()
-            .absolute()
-            .get(&shared, &limit)
-            .await
-            .unwrap();
         limiter.close().await.unwrap();
-        (allowed, quota.remaining)
+        allowed
     });
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let status = node.wait().unwrap();
     assert!(status.success(), "node exited with {status}");
+    // Read once both sides are done (Node may still be calling when Rust finishes).
+    let remaining = rt::run(async move {
+        let limiter = limiter(&checker_prefix, 10).await;
+        let quota = limiter
+            .redis()
+            .absolute()
+            .get(&key("shared"), &rate(50.0))
+            .await
+            .unwrap();
+        limiter.close().await.unwrap();
+        quota.remaining
+    });
     let node_allowed: usize = line
         .trim()
         .strip_prefix("{\"allowed\":")
         .and_then(|rest| rest.strip_suffix('}'))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("node printed {line:?}"));
-    let (rust_allowed, remaining) = rust_allowed;
     assert_eq!(
         rust_allowed + node_allowed,
         500,
