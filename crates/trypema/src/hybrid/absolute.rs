@@ -405,12 +405,15 @@ impl AbsoluteHybridRateLimiter {
 
     /// The key's quota from Redis, plus this instance's unused leases; records nothing.
     pub async fn get(&self, key: &RedisKey, rate: &RateLimit) -> Result<Quota, TrypemaError> {
-        let mut quota = self.redis().get(key, rate).await?;
-        if let Some(entry) = self.state.entries.get(key.as_str()) {
-            quota.remaining = (quota.remaining + entry.leases.available(self.state.now_ms()))
-                .min(quota.limit as u64);
-        }
-        Ok(quota)
+        super::between_rounds(&self.state.round, &self.state.redis, async {
+            let mut quota = self.redis().get(key, rate).await?;
+            if let Some(entry) = self.state.entries.get(key.as_str()) {
+                quota.remaining = (quota.remaining + entry.leases.available(self.state.now_ms()))
+                    .min(quota.limit as u64);
+            }
+            Ok(quota)
+        })
+        .await
     }
 
     /// Takes back up to `count` recorded units of `key`: first units this instance admitted

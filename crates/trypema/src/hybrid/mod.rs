@@ -277,3 +277,21 @@ pub(crate) fn deadline(context: &RedisContext) -> (Instant, Duration) {
     let limit = Duration::from_millis(context.settings.command_timeout_ms);
     (Instant::now() + limit, limit)
 }
+
+/// Runs `read` while no sync round of the strategy is in flight, within the command timeout as
+/// a whole. A round in flight may have reserved a lease in Redis that it has not handed out
+/// yet: a read between the two would count those units as used by nobody.
+pub(crate) async fn between_rounds<T>(
+    round: &tokio::sync::Mutex<()>,
+    context: &RedisContext,
+    read: impl std::future::Future<Output = Result<T, TrypemaError>>,
+) -> Result<T, TrypemaError> {
+    let (_, limit) = deadline(context);
+    let guarded = async {
+        let _round = round.lock().await;
+        read.await
+    };
+    crate::runtime::timeout(limit, guarded)
+        .await
+        .unwrap_or(Err(TrypemaError::RedisTimeout(limit.as_millis() as u64)))
+}

@@ -646,12 +646,15 @@ impl SuppressedHybridRateLimiter {
     /// The key's quota against its soft capacity from Redis, plus this instance's unused
     /// leases (which Redis counts as taken); records nothing.
     pub async fn get(&self, key: &RedisKey, rate: &RateLimit) -> Result<Quota, TrypemaError> {
-        let mut quota = self.redis().get(key, rate).await?;
-        if let Some(entry) = self.state.entries.get(key.as_str()) {
-            quota.remaining = (quota.remaining + entry.leases.available(self.state.now_ms()))
-                .min(quota.limit.max(0.0) as u64);
-        }
-        Ok(quota)
+        super::between_rounds(&self.state.round, &self.state.redis, async {
+            let mut quota = self.redis().get(key, rate).await?;
+            if let Some(entry) = self.state.entries.get(key.as_str()) {
+                quota.remaining = (quota.remaining + entry.leases.available(self.state.now_ms()))
+                    .min(quota.limit.max(0.0) as u64);
+            }
+            Ok(quota)
+        })
+        .await
     }
 
     /// Takes back up to `count` admitted units of `key`, newest first: this instance's counts
